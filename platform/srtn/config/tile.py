@@ -1,0 +1,101 @@
+"""Config of `srtn tile`: slides -> HR/LR tile pairs -> Parquet shards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from srtn.config.base import DataJobConfig, StrictModel
+from srtn.schema import SUPPORTED_SCALES
+from srtn.tiles import DownsampleMethod, QualityThresholds
+
+__all__ = ["TileConfig", "SLIDE_EXTENSIONS"]
+
+SLIDE_EXTENSIONS: list[str] = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"]
+
+
+class TileGridConfig(StrictModel):
+    size: int = Field(256, ge=8, description="tile side in pixels of `level`")
+    level: int = Field(0, ge=0, description="pyramid level tiles are cut from")
+    stride: int | None = Field(None, ge=1, description="step between tiles (level pixels); default = size")
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.size
+
+
+class FilterConfig(StrictModel):
+    min_std: float = Field(30.0, ge=0)
+    white_level: int = Field(200, ge=0, le=255)
+    black_level: int = Field(55, ge=0, le=255)
+    max_white_fraction: float = Field(0.4, ge=0, le=1)
+    max_black_fraction: float = Field(0.4, ge=0, le=1)
+
+    def thresholds(self) -> QualityThresholds:
+        return QualityThresholds(**self.model_dump())
+
+
+class TissueConfig(StrictModel):
+    min_fraction: float = Field(0.5, ge=0, le=1, description="share of a tile the tissue mask must cover")
+    target_size: int = Field(2048, ge=64, description="longest side of the level the mask is computed on")
+    min_saturation: int = Field(20, ge=0, le=255)
+    max_gray: int = Field(225, ge=0, le=255)
+
+
+class LowResConfig(StrictModel):
+    scales: list[int] = Field(default_factory=lambda: [4, 8], min_length=1)
+    method: DownsampleMethod = "lanczos"
+
+    @field_validator("scales")
+    @classmethod
+    def _supported(cls, scales: list[int]) -> list[int]:
+        bad = [s for s in scales if s not in SUPPORTED_SCALES]
+        if bad:
+            raise ValueError(f"unsupported scale(s) {bad}; choose from {list(SUPPORTED_SCALES)}")
+        return sorted(set(scales))
+
+
+class SplitConfig(StrictModel):
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    by: Literal["auto", "patient", "slide", "spatial"] = Field(
+        "auto", description="auto: spatial blocks for a single slide, else patient (TCGA barcode) or slide"
+    )
+    block_size: int = Field(2048, ge=1, description="side of a spatial block in level-0 pixels (by: spatial)")
+    salt: str = ""
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"ratios must be non-negative with a positive sum, got {list(ratios)}")
+        return ratios
+
+
+class ExecutionConfig(StrictModel):
+    num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per slide task")
+    concurrency: int | None = Field(None, ge=1, description="max slide tasks at once (default: as CPUs allow)")
+    max_read_errors: int = Field(10, ge=1, description="tile read errors after which a slide is given up")
+
+
+class TileConfig(DataJobConfig):
+    """Everything `srtn tile` does is set here; see configs/data/tcga_kirc.yaml for comments."""
+
+    extensions: list[str] = Field(default_factory=lambda: list(SLIDE_EXTENSIONS))
+    tiles: TileGridConfig = Field(default_factory=TileGridConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    tissue: TissueConfig = Field(default_factory=TissueConfig)
+    lr: LowResConfig = Field(default_factory=LowResConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    max_tiles_per_slide: int = Field(100, ge=1)
+    seed: int = 0
+    overwrite: bool = False
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _tile_divisible(self) -> TileConfig:
+        bad = [s for s in self.lr.scales if self.tiles.size % s]
+        if bad:
+            raise ValueError(f"tiles.size {self.tiles.size} is not divisible by lr.scales {bad}")
+        return self

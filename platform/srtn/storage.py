@@ -1,0 +1,131 @@
+"""Local paths and object-store URIs (s3://...) behind one small API, via pyarrow filesystems.
+
+Credentials and endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION), never from configs. OpenSlide needs local files,
+so remote slides are staged to a task's local disk by `stage_local` and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+__all__ = [
+    "is_remote",
+    "resolve",
+    "join",
+    "basename",
+    "exists",
+    "read_bytes",
+    "write_bytes",
+    "delete",
+    "list_files",
+    "stage_local",
+]
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _s3_filesystem() -> pafs.FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        kwargs["endpoint_override"] = rest or scheme
+        kwargs["scheme"] = scheme if rest else "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or an s3:// URI."""
+    if uri.startswith("s3://"):
+        return _s3_filesystem(), uri[len("s3://") :].rstrip("/")
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(uri, *parts))
+
+
+def basename(uri: str) -> str:
+    return PurePosixPath(uri.rstrip("/")).name
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file so readers never see half of it (temp file + rename locally; S3 puts are atomic)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
+def list_files(uri: str, *, extensions: Sequence[str] | None = None, recursive: bool = True) -> list[str]:
+    """Files under a folder or prefix (sorted, as URIs of the same kind as `uri`)."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=False))
+    exts = tuple(e.lower() for e in extensions) if extensions else None
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or info.base_name.startswith("."):
+            continue
+        if exts and not info.base_name.lower().endswith(exts):
+            continue
+        out.append(f"s3://{info.path}" if uri.startswith("s3://") else info.path)
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def stage_local(uri: str, *, tmp_root: str | None = None) -> Iterator[str]:
+    """Yield a local path for `uri`: the file itself if local, else a temporary copy removed on exit."""
+    if not is_remote(uri):
+        yield resolve(uri)[1]
+        return
+    tmpdir = tempfile.mkdtemp(prefix="srtn-stage-", dir=tmp_root)
+    local = os.path.join(tmpdir, basename(uri))
+    try:
+        fs, path = resolve(uri)
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+        yield local
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
