@@ -1,0 +1,16 @@
+"""Synthetic data for tests, demos and benchmarks: H&E-like whole slides with TCGA-style names and
+BreakHis-like trees. `srtn.synth.shards` (tile shards) is imported on its own: it pulls in pyarrow."""
+
+from srtn.synth.breakhis import write_breakhis_tree
+from srtn.synth.render import SyntheticSlide
+from srtn.synth.tcga import SlideSpec, render_slide, tcga_slide_specs, write_tcga_dataset, write_tcga_slide
+
+__all__ = [
+    "SlideSpec",
+    "SyntheticSlide",
+    "render_slide",
+    "tcga_slide_specs",
+    "write_breakhis_tree",
+    "write_tcga_dataset",
+    "write_tcga_slide",
+]
