@@ -86,13 +86,19 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
 
 
-def test_cli_bad_key_fails_before_ray(capsys):
-    import ray
+def test_cli_bad_key_fails_before_ray():
+    """In a fresh interpreter: exit 2, the key named, and Ray never even imported."""
+    import subprocess
+    import sys
 
-    code = main(["tile", "--config", str(ROOT / "configs/data/tcga_kirc.yaml"), "--set", "tiles.sise=3"])
-    assert code == 2
-    assert "tiles.sise: unknown key" in capsys.readouterr().err
-    assert not ray.is_initialized()
+    code = (
+        "import sys; from srtn.cli import main; "
+        f"rc = main(['tile', '--config', {str(ROOT / 'configs/data/tcga_kirc.yaml')!r}, '--set', 'tiles.sise=3']); "
+        "print(rc, 'ray' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"]
+    assert "tiles.sise: unknown key" in proc.stderr
 
 
 def test_cli_help_lists_every_command(capsys):

@@ -1,0 +1,264 @@
+"""`srtn evaluate`: test split only, a comparison run in MLflow, bicubic checked against a direct computation.
+
+One module-scoped evaluation on tiny synthetic shards (32x32 HR, x4) and a throw-away sqlite store with
+two registered models (a tiny SRTN and SRCNN, trained a few steps in-process, no Ray Train), shared by
+the tests that read its outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srtn.cli import main
+from srtn.config.base import load_config
+from srtn.config.evaluate import EvaluateConfig, ModelEntry
+from srtn.errors import ConfigError
+from srtn.evaluation import _experiment, _tracking_uri, evaluate, resolve_models
+from srtn.metrics import psnr, ssim
+from srtn.models import build_model
+from srtn.models.serialization import log_sr_model
+from srtn.schema import decode_png, lr_column
+from srtn.shards import read_split_table, rows_to_table, split_dir
+from srtn.synth.shards import write_synthetic_shards
+from srtn.tracking import client as mlflow_client
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALE = 4
+EXPERIMENT = "srtn-evaltest"
+STRAY_SOURCE = "stray-train-row"
+TEST_SOURCES = {"synth-test-00", "synth-test-01"}
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Torch on one thread: 20x faster than two on a busy 2-CPU machine (OpenMP threads contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_register(model: torch.nn.Module, name: str, shards: str, experiment_id: str) -> str:
+    """A few Adam steps on the train split, `train_loss`/`val_loss` per 'epoch', then a registered version."""
+    table = read_split_table(shards, "train", columns=["hr", lr_column(SCALE)])
+    hr = torch.stack([torch.from_numpy(decode_png(b)).permute(2, 0, 1) for b in table["hr"].to_pylist()]) / 255.0
+    lr = torch.stack([torch.from_numpy(decode_png(b)).permute(2, 0, 1) for b in table[lr_column(SCALE)].to_pylist()])
+    lr = lr / 255.0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-x{SCALE}-evaltest") as run:
+        with _one_thread():
+            for epoch in range(5):
+                for _ in range(4):
+                    opt.zero_grad()
+                    loss = F.mse_loss(model(lr), hr)
+                    loss.backward()
+                    opt.step()
+                mlflow.log_metrics({"train_loss": loss.item(), "val_loss": 1.1 * loss.item()}, step=epoch)
+        log_sr_model(model, name="model", registered_model_name=f"evaltest-{name}")
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Shards with distinct sources per split (plus a mislabelled train row inside split=test/) and a
+    sqlite MLflow store holding evaltest-srtn (alias `champion`) and evaltest-srcnn."""
+    root = tmp_path_factory.mktemp("evaluation")
+    shards = str(root / "shards")
+    write_synthetic_shards(
+        shards, per_split={"train": 6, "val": 2, "test": 5}, hr_size=32, scales=(SCALE,), groups=2, seed=3
+    )
+    stray = read_split_table(shards, "train").slice(0, 1).to_pylist()[0] | {"source_id": STRAY_SOURCE}
+    pq.write_table(rows_to_table([stray]), f"{split_dir(shards, 'test')}/{STRAY_SOURCE}.parquet")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with _tracking_uri(uri):  # the fluent API (start_run, log_model) needs the global URI; restored after
+        client = mlflow_client(uri)
+        exp = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+        torch.manual_seed(0)
+        runs = {
+            "srtn": _train_and_register(
+                build_model("srtn", SCALE, n_feats=8, n_blocks=1, heads=2), "srtn", shards, exp
+            ),
+            "srcnn": _train_and_register(build_model("srcnn", SCALE, n1=8, n2=4), "srcnn", shards, exp),
+        }
+        client.set_registered_model_alias("evaltest-srtn", "champion", "1")
+    return {"shards": shards, "uri": uri, "runs": runs, "experiment_id": exp, "root": root}
+
+
+def _config(store, **extra) -> EvaluateConfig:
+    data = {
+        "data": {"shards": store["shards"], "dataset": "evaltest", "scale": SCALE},
+        "models": [
+            {"name": "srtn", "uri": "models:/evaltest-srtn@champion"},
+            {"name": "srcnn", "uri": "models:/evaltest-srcnn/latest"},
+        ],
+        "batch_size": 2,
+        "tracking": {"uri": store["uri"], "experiment": EXPERIMENT},
+    }
+    return load_config(EvaluateConfig, data=data | extra)
+
+
+@pytest.fixture(scope="module")
+def report(store, ray_session):
+    return evaluate(_config(store))
+
+
+def _artifact_json(uri: str, run_id: str, path: str, dst: Path) -> dict:
+    local = mlflow_client(uri).download_artifacts(run_id, path, str(dst))
+    return json.loads(Path(local).read_text())
+
+
+def test_comparison_run_holds_tables_figures_metrics_and_links(report, store, tmp_path):
+    client = mlflow_client(store["uri"])
+    run = client.get_run(report.run_id)
+    assert run.info.run_name == "compare-evaltest-x4"
+    assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == store["experiment_id"]
+    artifacts = {a.path for a in client.list_artifacts(report.run_id)}
+    assert {"comparison.json", "per_slide.json", "per_image.json", "comparison.png", "loss_curves.png"} <= artifacts
+    logged = _artifact_json(store["uri"], report.run_id, "comparison.json", tmp_path)
+    rows = {r[logged["columns"].index("model")]: dict(zip(logged["columns"], r)) for r in logged["data"]}
+    assert list(rows) == ["srtn", "srcnn", "bicubic"]
+    assert rows["srcnn"]["uri"] == "models:/evaltest-srcnn/1"  # `latest` pinned to a version
+    assert rows["bicubic"]["params"] == 0 and rows["srcnn"]["params"] > 0
+    for name in rows:
+        for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
+            assert run.data.metrics[f"test_{key}.{name}"] == pytest.approx(rows[name][key], abs=1e-9)
+    assert set(run.data.tags["srtn.evaluated_runs"].split(",")) == set(store["runs"].values())
+    assert run.data.tags["srtn.model.srtn.run_id"] == store["runs"]["srtn"]
+    # The training runs get their test metrics and a link back (the MLflow contract).
+    source = client.get_run(store["runs"]["srcnn"])
+    assert source.data.metrics["test_psnr"] == pytest.approx(rows["srcnn"]["psnr"], abs=1e-9)
+    assert source.data.tags["srtn.test_comparison_run"] == report.run_id
+
+
+def test_reads_only_the_test_split(report, store):
+    test_rows = [r for r in read_split_table(store["shards"], "test").to_pylist() if r["split"] == "test"]
+    assert len(test_rows) == 5
+    assert set(report.per_slide["source_id"]) == TEST_SOURCES  # no train/val source, not the stray row
+    assert set(report.per_image["split"]) == {"test"}
+    assert report.table["n_images"].tolist() == [5, 5, 5]
+    counts = report.per_slide.groupby("source_id")["n_images"].first().to_dict()
+    assert counts == {"synth-test-00": 3, "synth-test-01": 2}
+
+
+def test_bicubic_matches_a_direct_computation(report, store):
+    rows = [r for r in read_split_table(store["shards"], "test").to_pylist() if r["split"] == "test"]
+    hr = torch.stack([torch.from_numpy(decode_png(r["hr"])).permute(2, 0, 1) for r in rows]).double() / 255.0
+    lr = torch.stack([torch.from_numpy(decode_png(r[lr_column(SCALE)])).permute(2, 0, 1) for r in rows]).float()
+    sr = F.interpolate(lr / 255.0, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
+    sr = (sr * 255.0).round().double() / 255.0  # uint8 quantization, as the evaluation documents
+    expected = {
+        "psnr": psnr(sr, hr, crop_border=SCALE).mean().item(),
+        "ssim": ssim(sr, hr, crop_border=SCALE).mean().item(),
+        "psnr_y": psnr(sr, hr, crop_border=SCALE, y_channel=True).mean().item(),
+        "mse_uint8": ((sr - hr)[..., SCALE:-SCALE, SCALE:-SCALE] * 255.0).pow(2).mean().item(),
+    }
+    got = report.table.set_index("model").loc["bicubic"]
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    logged = mlflow_client(store["uri"]).get_run(report.run_id).data.metrics["test_psnr.bicubic"]
+    assert logged == pytest.approx(expected["psnr"], abs=1e-6)
+
+
+def test_bad_model_uri_fails_naming_it_before_ray_work(store, monkeypatch):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray work started before the model URIs were resolved")
+
+    monkeypatch.setattr("srtn.evaluation._score_all", no_ray)
+    cfg = _config(
+        store,
+        models=[
+            {"name": "srcnn", "uri": "models:/evaltest-srcnn/1"},
+            {"name": "ghost", "uri": "models:/no-such-model/3"},
+            {"name": "norun", "uri": "0123456789abcdef0123456789abcdef"},
+        ],
+    )
+    before = len(mlflow_client(store["uri"]).search_runs([store["experiment_id"]]))
+    with pytest.raises(ConfigError) as err:
+        evaluate(cfg)
+    message = str(err.value)
+    assert "ghost" in message and "models:/no-such-model/3" in message
+    assert "norun" in message and "models.0.uri" not in message
+    assert err.value.key == "models.1.uri"
+    assert len(mlflow_client(store["uri"]).search_runs([store["experiment_id"]])) == before
+
+
+def test_uri_forms_resolve_to_pinned_models(store):
+    run_id = store["runs"]["srcnn"]
+    entries = [
+        ModelEntry(name="by-run-id", uri=run_id),
+        ModelEntry(name="by-runs-uri", uri=f"runs:/{run_id}/model"),
+        ModelEntry(name="by-alias", uri="models:/evaltest-srtn/champion"),
+        ModelEntry(name="bicubic", uri="bicubic"),
+    ]
+    resolved = resolve_models(entries, scale=SCALE, tracking_uri=store["uri"])
+    assert [m.run_id for m in resolved] == [run_id, run_id, store["runs"]["srtn"], None]
+    assert resolved[0].resolved_uri.startswith("models:/m-")  # the logged model of that run
+    assert resolved[1].resolved_uri == f"runs:/{run_id}/model"
+    assert resolved[2].resolved_uri == "models:/evaltest-srtn/1"
+    assert resolved[0].n_params == resolved[1].n_params > 0 and resolved[3].n_params == 0
+    # No tracking.experiment: the training runs' experiment when shared, else srtn-<dataset>.
+    cfg = _config(store, tracking={"uri": store["uri"]})
+    assert _experiment(cfg, store["uri"], resolved) == (store["experiment_id"], EXPERIMENT)
+    assert _experiment(cfg, store["uri"], resolved[3:])[1] == "srtn-evaltest"
+    with pytest.raises(ConfigError, match=r"models.0.uri.*upsamples x4, the evaluation is x8"):
+        resolve_models(entries[:1], scale=8, tracking_uri=store["uri"])
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/model.pt", "runs:/abc", "models:/", "srtn"])
+def test_malformed_uri_is_a_config_error(uri):
+    with pytest.raises(ConfigError) as err:
+        load_config(EvaluateConfig, data={"data": {"shards": "x"}, "models": [{"name": "m", "uri": uri}]})
+    assert err.value.key == "models.0.uri"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"data": {"shards": "x", "split": "train"}}, "data.split"),
+        ({"data": {"shards": "x"}, "models": [{"name": "a", "uri": "bicubic"}] * 2}, "unique"),
+        ({"data": {"shards": "x"}, "models": [{"name": "bicubic", "uri": "runs:/a/model"}]}, "include_bicubic"),
+        ({"data": {"shards": "x"}, "include_bicubic": False}, "nothing to evaluate"),
+    ],
+)
+def test_config_rules(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(EvaluateConfig, data=extra)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "evaluate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(EvaluateConfig, path)
+    assert cfg.data.split == "test"
+    assert cfg.effective_crop_border == cfg.data.scale
+    assert cfg.entries()[-1].uri == "bicubic"
+
+
+def test_cli_prints_table_and_runs_url(report, store, monkeypatch, capsys):
+    """`srtn evaluate` wiring and output; the evaluation itself is the module's (no second Ray pass)."""
+    seen = []
+
+    def fake_evaluate(cfg):
+        seen.append(cfg)
+        return report
+
+    monkeypatch.setattr("srtn.evaluation.evaluate", fake_evaluate)
+    overrides = [f"data.shards={store['shards']}", f"tracking.uri={store['uri']}", "data.limit=3"]
+    overrides.append("models=[{name: tiny-srcnn, uri: 'models:/evaltest-srcnn/1'}]")
+    argv = ["evaluate", "--config", str(ROOT / "configs" / "evaluate" / "demo.yaml")]
+    assert main([*argv, *(arg for o in overrides for arg in ("--set", o))]) == 0
+    cfg = seen[0]
+    assert [e.name for e in cfg.entries()] == ["tiny-srcnn", "bicubic"] and cfg.data.limit == 3
+    out = capsys.readouterr().out
+    assert report.markdown in out and "| bicubic |" in out and "interpolation baseline" in out
+    assert f"/#/experiments/{report.experiment_id}/runs" in out
