@@ -6,6 +6,7 @@ YAML ``model:`` block of a training config is the constructor's keyword argument
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,10 @@ def build_model(name: str, scale: int, **kwargs: Any) -> nn.Module:
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(MODELS)}")
-    try:
-        return MODELS[key](scale, **kwargs)
-    except TypeError as exc:  # unknown kwarg: caller misuse, reported the same way as the other checks
-        raise ValueError(f"model {key!r}: {exc}") from exc
+    factory = MODELS[key]
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY})
+    if unknown:
+        accepted = ", ".join(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY) or "none"
+        raise ValueError(f"model {key!r}: unknown keyword(s) {', '.join(unknown)}; accepted: {accepted}")
+    return factory(scale, **kwargs)

@@ -80,9 +80,7 @@ class CRU(nn.Module):
         return out1 + out2
 
 
-def _check_channels(
-    channels: int, *, group_num: int, alpha: float, squeeze_ratio: int, group_size: int
-) -> None:
+def _check_channels(channels: int, *, group_num: int, alpha: float, squeeze_ratio: int, group_size: int) -> None:
     """Raise ``ValueError`` naming ``channels`` and the constraint it breaks (fail at build, not in forward)."""
     up = int(alpha * channels)
     low = channels - up
