@@ -1,17 +1,120 @@
-"""Ray start-up in one place: embedded local instance by default, a cluster when RAY_ADDRESS is set."""
+"""Ray start-up in one place: embedded local instance by default, a cluster when RAY_ADDRESS is set.
+
+Two things every Ray worker must share with the driver, wherever it runs:
+
+- **The srtn package.** A job submitted with `ray job submit --working-dir . -- python jobs/train.py` brings
+  the source along, and `jobs/*.py` put `<working dir>/platform` on the *driver's* `sys.path`; but Ray puts
+  only the working dir itself on the workers' path, so tasks, actors and Train workers would fail to
+  unpickle anything of srtn (or silently use another copy installed on the nodes). When the driver's srtn is
+  a source tree rather than an installed package, `init_ray` ships that very folder to the workers as
+  `runtime_env={"py_modules": [".../platform/srtn"]}`: Ray zips it once per content hash into the cluster's
+  object store, every node unpacks it, and it comes first on the workers' `PYTHONPATH`. A job-level
+  runtime env (the working dir, `env_vars` from `--runtime-env-json`) merges with it key by key. srtn
+  installed in site-packages (the Docker image) is taken as installed on every node and not shipped; a local
+  instance on this machine needs no shipping when the environment has srtn installed (editable included).
+- **Storage settings.** Workers of a cluster get their environment from `ray start`, not from the driver:
+  with `RAY_ADDRESS=... AWS_ENDPOINT_URL=... srtn tile`, the workers would read S3 from AWS itself. So when
+  connecting to a cluster, the storage variables the driver has (`FORWARDED_ENV`) go to all the job's
+  workers as runtime-env `env_vars`, except those the job's own runtime env sets already. They are then
+  part of the job's config on the cluster (readable by whoever may use the cluster; token auth guards
+  it); nodes that have their own credentials (an IAM role, pod env) need none in the driver's environment.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import site
+import sysconfig
+import urllib.parse
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-__all__ = ["init_ray"]
+__all__ = ["FORWARDED_ENV", "init_ray", "worker_runtime_env"]
+
+logger = logging.getLogger(__name__)
+
+# What srtn.storage reads: where S3 is and who we are there.
+FORWARDED_ENV: tuple[str, ...] = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted job's driver
+
+
+def _package_dir() -> Path:
+    import srtn
+
+    return Path(srtn.__file__).resolve().parent
+
+
+def _site_dirs() -> list[Path]:
+    dirs = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [Path(d).resolve() for d in dirs]
+
+
+def _installed_in_site_packages(pkg: Path) -> bool:
+    return any(pkg.is_relative_to(d) for d in _site_dirs())
+
+
+def _editable_checkout_of(pkg: Path) -> bool:
+    """True when this environment has srtn installed in editable mode from the checkout that holds `pkg`
+    (then any process of the environment imports this same source)."""
+    try:
+        text = metadata.distribution("srtn").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return False
+    if not text:
+        return False
+    info = json.loads(text)
+    url = info.get("url", "")
+    if not info.get("dir_info", {}).get("editable") or not url.startswith("file://"):
+        return False
+    root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve()
+    return pkg.is_relative_to(root)
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the submitted job this driver runs in ({} outside a job)."""
+    try:
+        return dict(json.loads(os.environ.get(_JOB_CONFIG_ENV) or "{}").get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def worker_runtime_env(*, cluster: bool) -> dict[str, Any]:
+    """What `init_ray` adds to the job's runtime env so that workers import srtn and reach storage like the
+    driver: `py_modules` (this srtn source tree) and storage `env_vars` (see the module docstring)."""
+    job = _job_runtime_env()
+    env: dict[str, Any] = {}
+    pkg = _package_dir()
+    ship = not _installed_in_site_packages(pkg) and (cluster or not _editable_checkout_of(pkg))
+    if ship and "py_modules" in job:
+        logger.warning("the job sets py_modules itself; srtn from %s is not added: include it there", pkg)
+    elif ship:
+        env["py_modules"] = [str(pkg)]
+    if cluster:
+        job_vars = job.get("env_vars") or {}
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and k not in job_vars}
+        if forwarded:
+            env["env_vars"] = forwarded
+    return env
 
 
 def init_ray(**kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
-    No `RAY_ADDRESS` means a local instance on this machine (the embedded default).
+    No `RAY_ADDRESS` means a local instance on this machine (the embedded default). The job's runtime env
+    gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and wins on conflicts).
     """
     import ray
 
@@ -19,6 +122,16 @@ def init_ray(**kwargs: Any) -> None:
         return
     kwargs.setdefault("configure_logging", True)
     kwargs.setdefault("logging_level", "WARNING")
-    if not os.environ.get("RAY_ADDRESS"):
+    address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
+    cluster = bool(address) and address != "local"
+    if not cluster:
         kwargs.setdefault("include_dashboard", False)
+    extra = worker_runtime_env(cluster=cluster)
+    if extra:
+        given = dict(kwargs.pop("runtime_env", None) or {})
+        merged = extra | given
+        if "env_vars" in extra and "env_vars" in given:
+            merged["env_vars"] = extra["env_vars"] | given["env_vars"]
+        kwargs["runtime_env"] = merged
+        logger.info("Ray workers get %s", {k: (sorted(v) if k == "env_vars" else v) for k, v in extra.items()})
     ray.init(**kwargs)
