@@ -261,3 +261,15 @@ def test_learns_and_beats_bicubic(name: str) -> None:
         ours = psnr(model.eval()(lr).clamp(0, 1), hr).mean().item()
         bicubic = psnr(build_model("bicubic", scale)(lr), hr).mean().item()
     assert ours > bicubic + 0.25, f"{name}: {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
+
+
+@pytest.mark.parametrize("name", ["srtn", "edsr"])
+def test_global_residual_starts_from_bicubic_and_adds_no_parameters(name):
+    plain = build_model(name, 4, n_feats=8, n_blocks=1)
+    skip = build_model(name, 4, n_feats=8, n_blocks=1, global_residual=True)
+    assert sum(p.numel() for p in skip.parameters()) == sum(p.numel() for p in plain.parameters())
+    torch.nn.init.zeros_(skip.tail.weight)
+    torch.nn.init.zeros_(skip.tail.bias)
+    x = torch.rand(1, 3, 11, 9)
+    expected = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(skip(x), expected, atol=1e-6)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -108,3 +109,8 @@ class Upsampler(nn.Sequential):
             layers += [conv3x3(channels, channels * r * r), nn.PixelShuffle(r)]
         super().__init__(*layers)
         self.scale = scale
+
+
+def bicubic_upscale(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upscale (``align_corners=False``, unclamped): the skip of models with ``global_residual``."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)

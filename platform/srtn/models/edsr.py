@@ -16,7 +16,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from srtn.models.common import DIV2K_RGB_MEAN, MeanShift, ResidualBlock, Upsampler, check_scale, conv3x3
+from srtn.models.common import (
+    DIV2K_RGB_MEAN,
+    MeanShift,
+    ResidualBlock,
+    Upsampler,
+    bicubic_upscale,
+    check_scale,
+    conv3x3,
+)
 
 __all__ = ["EDSR"]
 
@@ -33,9 +41,11 @@ class EDSR(nn.Module):
         res_scale: float = 1.0,
         rgb_mean: Sequence[float] = DIV2K_RGB_MEAN,
         n_colors: int = 3,
+        global_residual: bool = False,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale, model="edsr")
+        self.global_residual = bool(global_residual)  # parameter-free bicubic skip, off as published
         if n_blocks < 1 or n_feats < 1:
             raise ValueError(f"EDSR: n_blocks and n_feats must be positive, got {n_blocks}, {n_feats}")
         if len(rgb_mean) != n_colors:
@@ -52,4 +62,6 @@ class EDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.head(self.sub_mean(x))
         r = self.body(h) + h
-        return self.add_mean(self.tail(self.upsample(r)))
+        out = self.tail(self.upsample(r))
+        # global residual: bicubic already carries the image mean, so add_mean is not applied on top
+        return out + bicubic_upscale(x, self.scale) if self.global_residual else self.add_mean(out)

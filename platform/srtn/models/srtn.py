@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from srtn.models.attention import EMA, EMHA
-from srtn.models.common import ResidualBlock, Upsampler, check_scale, conv3x3
+from srtn.models.common import ResidualBlock, Upsampler, bicubic_upscale, check_scale, conv3x3
 from srtn.models.scconv import ScConv
 
 __all__ = ["SRTN", "EfficientTransformer"]
@@ -95,10 +95,14 @@ class SRTN(nn.Module):
         upsampler: Literal["single", "staged"] = "single",
         n_colors: int = 3,
         grad_checkpoint: bool = False,
+        global_residual: bool = False,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale, model="srtn")
         self.grad_checkpoint = bool(grad_checkpoint)
+        # Optional, parameter-free: learn the residual over a bicubic upscale (VDSR-style). Off by default
+        # (the published SRTN); on, a briefly trained model starts from bicubic quality, as in `make demo`.
+        self.global_residual = bool(global_residual)
         if n_blocks < 1:
             raise ValueError(f"SRTN: n_blocks must be >= 1, got {n_blocks}")
         if upsampler not in ("single", "staged"):
@@ -120,4 +124,5 @@ class SRTN(nn.Module):
                 r = block(r)
         r = r + h
         r = r + self.transformer(r) + self.parallel(h)
-        return self.tail(self.upsample(r))
+        out = self.tail(self.upsample(r))
+        return out + bicubic_upscale(x, self.scale) if self.global_residual else out
