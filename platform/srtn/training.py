@@ -1,0 +1,666 @@
+"""Training: a Ray Train V2 `TorchTrainer` (DDP: gloo on CPU, NCCL on GPUs) over tile shards, tracked in MLflow.
+
+Driver (`fit`): check the tracking server (fail fast, before Ray), create or resume the MLflow run, build
+the Ray Datasets (`srtn.training_data`) and the trainer, `fit()`, then log the best (or last) checkpoint's
+weights as the MLflow model and register it. Workers (`train_loop_per_worker`): train, validate on rank 0,
+checkpoint and report every epoch, log per-epoch metrics and sample grids from rank 0.
+
+Resume, both ways, comes from Ray Train's own state in `<storage_path>/<run name>/`:
+- a worker dies: `FailureConfig(max_failures)` restarts the worker group, `ray.train.get_checkpoint()`
+  hands every worker the *latest* reported checkpoint (the checkpoint manager always keeps it, whatever
+  `num_to_keep` and the score say), and the loop continues at `epoch + 1`;
+- the same command is run again with the same `run.name` and `run.storage_path`: the new controller loads
+  the checkpoint manager snapshot from that folder, so `get_checkpoint()` again returns the latest one.
+`<run dir>/srtn_run.json` ties the Ray run to its MLflow run id, so a resumed run logs into the same
+MLflow run. Rank 0 logs an epoch's metrics only after the controller has registered its checkpoint
+(`get_all_reported_checkpoints`), so MLflow never holds an epoch that a restart will redo; the checkpoint
+carries the metric history and rank 0 backfills any epoch MLflow missed. Every epoch thus appears once
+with `step=epoch`, and the step never goes back.
+
+Validation runs on rank 0 over the whole val split (not split across workers) while the other ranks wait
+in `ray.train.report`: Train's split of a dataset is `equal=True` and drops rows to equalise shards, so
+rank-0 validation is the only way to have exact metrics that do not change with the number of workers.
+Val sets here are small (about 10% of the tiles, no backward pass).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from srtn import storage, tracking
+from srtn.config.base import flatten
+from srtn.config.train import TrainConfig
+from srtn.errors import ResourceError
+
+if TYPE_CHECKING:
+    import torch
+    from ray.train import Checkpoint
+    from ray.train.torch import TorchTrainer
+
+__all__ = [
+    "TrainingOutcome",
+    "build_trainer",
+    "fit",
+    "load_checkpoint_model",
+    "run_training",
+    "train_loop_per_worker",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "srtn_run.json"  # in the Ray run dir: the MLflow run this Ray run logs to
+STATE_FILE = "state.pt"  # full training state (model, optimiser, scheduler, EMA, RNG, history)
+MODEL_FILE = "model.pt"  # evaluation weights only (EMA when on): what evaluation and MLflow use
+META_FILE = "meta.json"  # model name, kwargs, scale, epoch, metrics: enough to rebuild the model
+METRIC_KEYS = ("train_loss", "val_loss", "val_psnr", "val_ssim", "val_psnr_y", "val_ssim_y")
+
+
+@dataclass
+class TrainingOutcome:
+    """What `fit` returns: where the run, its model and its checkpoints are, and its per-epoch metrics."""
+
+    run_name: str
+    run_path: str
+    mlflow_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    model_uri: str | None
+    registered_model_version: str | None
+    best_checkpoint: str | None
+    latest_checkpoint: str | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    runs_url: str = ""
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _absolute(path: str) -> str:
+    return path if storage.is_remote(path) else os.path.abspath(path)
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    if not storage.exists(uri):
+        return None
+    return json.loads(storage.read_bytes(uri))
+
+
+def _check_resources(cfg: TrainConfig) -> None:
+    """Train workers must leave CPU for Ray Data's read/decode tasks (`scaling.data_cpus` each), else the
+    run waits forever for its first batch: raise ResourceError instead."""
+    import ray
+
+    resources = ray.cluster_resources()
+    total = resources.get("CPU", 0.0)
+    s = cfg.scaling
+    held = s.num_workers * s.cpus_per_worker
+    if total and held + s.data_cpus > total + 1e-9:
+        raise ResourceError(
+            f"{s.num_workers} Train workers x {s.cpus_per_worker:g} CPU leave less than scaling.data_cpus="
+            f"{s.data_cpus:g} of the cluster's {total:g} CPUs for Ray Data; lower scaling.cpus_per_worker "
+            "(fractions work) or scaling.num_workers"
+        )
+    if s.use_gpu and resources.get("GPU", 0.0) < s.num_workers * s.gpus_per_worker:
+        raise ResourceError(
+            f"scaling.use_gpu asks for {s.num_workers * s.gpus_per_worker:g} GPUs; the cluster has "
+            f"{resources.get('GPU', 0.0):g}"
+        )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    run_name: str,
+    mlflow_run_id: str,
+    tracking_uri: str,
+    storage_path: str | None = None,
+    callbacks: Sequence[Any] = (),
+    datasets: dict[str, Any] | None = None,
+) -> TorchTrainer:
+    """The `TorchTrainer` for `cfg`; `fit` calls it, Tune can too (with a trial's run name, storage path and
+    e.g. `ray.tune.integration.ray_train.TuneReportCallback()` in `callbacks`)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from srtn.training_data import build_datasets
+
+    s = cfg.scaling
+    storage_uri = _absolute(storage_path or cfg.run.storage_path)
+    fs, fs_path = storage.resolve(storage_uri)
+    resources = {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "run_dir": storage.join(storage_uri, run_name),
+        },
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=fs_path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.num_to_keep,
+                checkpoint_score_attribute="val_psnr",
+                checkpoint_score_order="max",
+            ),
+            callbacks=list(callbacks) or None,
+        ),
+        datasets=datasets if datasets is not None else build_datasets(cfg),
+        # val is not split: rank 0 validates on all of it (exact metrics, see the module docstring)
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def _open_mlflow_run(
+    cfg: TrainConfig, *, uri: str, experiment_id: str, run_name: str, run_dir: str, parent_run_id: str | None
+) -> tuple[str, bool]:
+    """The MLflow run of this Ray run: the one recorded in `<run dir>/srtn_run.json` (resume), else a new one."""
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client(uri)
+    record = _read_json(storage.join(run_dir, RUN_FILE))
+    if record and record.get("tracking_uri") == uri:
+        try:
+            run = c.get_run(record["mlflow_run_id"])
+            if run.info.lifecycle_stage == "active":
+                c.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id, True
+        except MlflowException:
+            logger.warning("MLflow run %s of %s is gone; starting a new MLflow run", record["mlflow_run_id"], run_dir)
+    tags = {
+        "srtn.run_name": run_name,
+        "srtn.run_path": run_dir,
+        "srtn.model": cfg.model.name,
+        "srtn.scale": cfg.data.scale,
+        "srtn.dataset": cfg.data.name,
+        "srtn.job": "train",
+    }
+    run_id = tracking.create_run(uri, experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    storage.write_bytes(
+        storage.join(run_dir, RUN_FILE), json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}).encode()
+    )
+    return run_id, False
+
+
+def _provenance_tags(cfg: TrainConfig) -> dict[str, Any]:
+    from srtn.manifest import manifest_hash
+    from srtn.models import build_model
+
+    model = build_model(cfg.model.name, cfg.data.scale, **cfg.model.kwargs)
+    try:
+        data_hash = manifest_hash(cfg.data.shards)
+    except (OSError, ValueError, KeyError):
+        data_hash = "unknown (no manifest.json)"
+    return {
+        "srtn.param_count": sum(p.numel() for p in model.parameters()),
+        "srtn.shards_manifest_hash": data_hash,
+        "srtn.shards": cfg.data.shards,
+        "srtn.git_commit": tracking.git_commit() or "unknown",
+    }
+
+
+def _finished_result(run_dir: str, epochs: int) -> Any:
+    """The stored Ray Train result of a run that already reached `epochs` (a rerun then has nothing to
+    train and starts no workers), else None."""
+    from ray.train import Result
+
+    fs, path = storage.resolve(run_dir)
+    try:
+        result = Result.from_path(path, storage_filesystem=fs)
+    except (RuntimeError, OSError, ValueError):
+        return None
+    done = (result.metrics or {}).get("epoch", 0)
+    return result if result.checkpoint is not None and done >= epochs else None
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    value = metrics.get("val_psnr", float("-inf"))
+    return float("-inf") if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _log_final_model(
+    cfg: TrainConfig, *, uri: str, run_id: str, checkpoint: Checkpoint, metrics: dict[str, Any]
+) -> tuple[str, str | None]:
+    """Log the checkpoint's evaluation weights as the run's model (pickle format, any input size) and
+    register it; skipped when this very checkpoint was logged already (a rerun of a finished run)."""
+    import mlflow
+
+    from srtn.models.serialization import log_sr_model
+
+    c = tracking.client(uri)
+    tags = c.get_run(run_id).data.tags
+    if tags.get("srtn.model_checkpoint") == checkpoint.path and tags.get("srtn.model_uri"):
+        return tags["srtn.model_uri"], tags.get("srtn.model_version")
+    model = load_checkpoint_model(checkpoint)
+    p = cfg.data.patch_size or 32
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = log_sr_model(
+            model,
+            name="model",
+            registered_model_name=cfg.run.registered_model_name,
+            example_size=(1, 3, p, p),
+        )
+    version = getattr(info, "registered_model_version", None)
+    tracking.set_tags(
+        uri,
+        run_id,
+        {
+            "srtn.model_uri": info.model_uri,
+            "srtn.model_checkpoint": checkpoint.path,
+            "srtn.model_epoch": metrics.get("epoch"),
+            "srtn.model_version": version,
+        },
+    )
+    return info.model_uri, None if version is None else str(version)
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    run_name: str | None = None,
+    storage_path: str | None = None,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainingOutcome:
+    """Train `cfg` end to end and return where everything is. Raises `TrackingError` before any Ray work
+    when the tracking server is unreachable; re-raises Ray's `TrainingFailedError` (the MLflow run is
+    then marked FAILED; running again with the same run name resumes it)."""
+    from srtn.runtime import init_ray
+    from srtn.training_data import check_shards
+
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_tracking_server(uri)
+    check_shards(cfg.data.shards, cfg.data.scale)
+    experiment_id = tracking.get_or_create_experiment(cfg.experiment_name, tracking_uri=uri)
+    name = run_name or cfg.run.name or f"{cfg.default_run_name()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_uri = _absolute(storage_path or cfg.run.storage_path)
+    run_dir = storage.join(storage_uri, name)
+    # the config as run: logged as params and handed to the workers
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name, "storage_path": storage_uri})})
+    run_id, resumed = _open_mlflow_run(
+        cfg,
+        uri=uri,
+        experiment_id=experiment_id,
+        run_name=name,
+        run_dir=run_dir,
+        parent_run_id=parent_run_id or cfg.tracking.parent_run_id,
+    )
+    c = tracking.client(uri)
+    try:
+        tracking.log_params_flat(uri, run_id, cfg)
+        tracking.set_tags(uri, run_id, _provenance_tags(cfg) | {"srtn.resumed": resumed})
+        result = _finished_result(run_dir, cfg.optim.epochs) if resumed else None
+        if result is None:
+            init_ray()
+            _check_resources(cfg)
+            trainer = build_trainer(
+                cfg,
+                run_name=name,
+                mlflow_run_id=run_id,
+                tracking_uri=uri,
+                storage_path=storage_uri,
+                callbacks=callbacks,
+            )
+            result = trainer.fit()
+        candidates = [(ck, m) for ck, m in (result.best_checkpoints or []) if ck is not None]
+        if result.checkpoint is not None:
+            candidates.append((result.checkpoint, result.metrics or {}))
+        if not candidates:
+            raise RuntimeError(f"run {name} finished without a checkpoint")
+        latest_ckpt = result.checkpoint or candidates[-1][0]
+        if cfg.run.final_model == "best":
+            best_ckpt, best_metrics = max(candidates, key=lambda cm: _score(cm[1]))
+        else:
+            best_ckpt, best_metrics = latest_ckpt, result.metrics or {}
+        model_uri, version = _log_final_model(cfg, uri=uri, run_id=run_id, checkpoint=best_ckpt, metrics=best_metrics)
+        history = json.loads(_checkpoint_file(latest_ckpt, "history.json"))
+        c.set_terminated(run_id, "FINISHED")
+    except BaseException as exc:
+        c.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    return TrainingOutcome(
+        run_name=name,
+        run_path=run_dir,
+        mlflow_run_id=run_id,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        model_uri=model_uri,
+        registered_model_version=version,
+        best_checkpoint=best_ckpt.path,
+        latest_checkpoint=latest_ckpt.path,
+        best_metrics={k: v for k, v in best_metrics.items() if not isinstance(v, (dict, list))},
+        history=history,
+        runs_url=tracking.runs_url(uri, experiment_id),
+    )
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """`srtn train`: fit, then print the run id, the model URI and the MLflow UI link; 0 on success.
+
+    A failed run (workers died more than `run.max_failures` times) returns 1 and prints how to resume it."""
+    from ray.train import TrainingFailedError
+
+    name = cfg.run.name or f"{cfg.default_run_name()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"run: {name}  (the same --set run.name={name} resumes it)")
+    try:
+        outcome = fit(cfg, run_name=name)
+    except TrainingFailedError as exc:
+        print(f"srtn train: training failed: {exc}\nresume with: --set run.name={name}", file=sys.stderr)
+        return 1
+    best = outcome.best_metrics
+    print(f"done: {len(outcome.history)} epochs, checkpoints in {outcome.run_path}")
+    print(
+        f"best: epoch {best.get('epoch')}  val_psnr {best.get('val_psnr', float('nan')):.3f} dB  "
+        f"val_ssim {best.get('val_ssim', float('nan')):.4f}"
+    )
+    print(f"mlflow run id: {outcome.mlflow_run_id}")
+    print(
+        f"model: {outcome.model_uri}"
+        + (
+            f"  (registered {cfg.run.registered_model_name} v{outcome.registered_model_version})"
+            if outcome.registered_model_version
+            else ""
+        )
+    )
+    if not outcome.tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}  then open:")
+    print(f"runs: {outcome.runs_url}")
+    return 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_file(checkpoint: Checkpoint | str, name: str) -> bytes:
+    path = checkpoint if isinstance(checkpoint, str) else checkpoint.path
+    fs = None if isinstance(checkpoint, str) else checkpoint.filesystem
+    if fs is None:
+        fs, path = storage.resolve(path)
+    with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as f:
+        return f.read()
+
+
+def load_checkpoint_model(checkpoint: Checkpoint | str, *, map_location: str = "cpu") -> torch.nn.Module:
+    """The evaluation model (EMA weights when EMA was on) of a training checkpoint, in eval mode."""
+    import io
+
+    import torch
+
+    from srtn.models import build_model
+
+    meta = json.loads(_checkpoint_file(checkpoint, META_FILE))
+    model = build_model(meta["model"], meta["scale"], **meta["model_kwargs"])
+    state = torch.load(io.BytesIO(_checkpoint_file(checkpoint, MODEL_FILE)), map_location=map_location)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _save_checkpoint(directory: str, state: dict[str, Any], eval_model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    import torch
+
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    torch.save(eval_model.state_dict(), os.path.join(directory, MODEL_FILE))
+    Path(directory, META_FILE).write_text(json.dumps(meta, indent=2))
+    Path(directory, "history.json").write_text(json.dumps(state["history"]))
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, run_dir: str) -> None:
+    """TEST ONLY (`testing.fail_at_epoch`): rank 0 kills its process at the start of that epoch, once per run
+    dir (a marker file there tells later attempts that the fault already happened)."""
+    if cfg.testing.fail_at_epoch != epoch or rank != 0:
+        return
+    marker = storage.join(run_dir, f".fault-injected-epoch-{epoch}")
+    if storage.exists(marker):
+        return
+    storage.write_bytes(marker, b"1")
+    logger.warning("testing.fail_at_epoch=%d: worker process exits now", epoch)
+    os._exit(1)
+
+
+def _validate(
+    model: torch.nn.Module, val_iter: Any, cfg: TrainConfig, device: torch.device, loss_fn: Any
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Loss and PSNR/SSIM (RGB and Y, border `scale` cropped) over the whole val split; the first batch's
+    first images as sample columns LR | bicubic | SR | HR."""
+    import torch
+    import torch.nn.functional as F
+
+    from srtn.metrics import psnr, ssim
+
+    scale = cfg.data.scale
+    sums = dict.fromkeys(METRIC_KEYS[1:], 0.0)
+    n_images = 0
+    n_pixels = 0
+    samples: dict[str, torch.Tensor] = {}
+    model.eval()
+    with torch.no_grad():
+        for batch in val_iter.iter_torch_batches(batch_size=cfg.batch_per_worker, device=device):
+            lr, hr = batch["lr"], batch["hr"]
+            if cfg.optim.channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.optim.bf16):
+                sr = model(lr)
+            sr = sr.float()
+            sums["val_loss"] += float(loss_fn(sr, hr, reduction="sum"))
+            sr = sr.clamp(0.0, 1.0)
+            sums["val_psnr"] += float(psnr(sr, hr, crop_border=scale).sum())
+            sums["val_ssim"] += float(ssim(sr, hr, crop_border=scale).sum())
+            sums["val_psnr_y"] += float(psnr(sr, hr, crop_border=scale, y_channel=True).sum())
+            sums["val_ssim_y"] += float(ssim(sr, hr, crop_border=scale, y_channel=True).sum())
+            n_images += hr.shape[0]
+            n_pixels += hr.numel()
+            if not samples:
+                k = cfg.run.num_images
+                bicubic = F.interpolate(lr[:k].float(), scale_factor=scale, mode="bicubic", align_corners=False)
+                samples = {"LR": lr[:k], "bicubic": bicubic.clamp(0, 1), "SR": sr[:k], "HR": hr[:k]}
+    model.train()
+    if n_images == 0:
+        raise ValueError(f"the val split of {cfg.data.shards} is empty")
+    metrics = {k: v / n_images for k, v in sums.items()}
+    metrics["val_loss"] = sums["val_loss"] / n_pixels
+    return metrics, samples
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """One Ray Train worker: train `config["cfg"]` (a TrainConfig dump) from the latest checkpoint, if any."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from srtn.models import build_model
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    o = cfg.optim
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.data.seed)  # the same initial weights on every rank
+
+    net = build_model(cfg.model.name, cfg.data.scale, **cfg.model.kwargs)
+    state: dict[str, Any] | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+    if o.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(net)  # to the device; DDP when world > 1
+    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.scheduler == "cosine":
+        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs, eta_min=o.min_lr)
+    elif o.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.step_size, gamma=o.gamma)
+    else:
+        scheduler = None
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay), use_buffers=True) if o.ema_decay else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+            if o.scheduler == "cosine":
+                scheduler.T_max = o.epochs  # a rerun may ask for more epochs than the first run
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        if rank == 0 and state.get("rng"):
+            _set_rng_state(state["rng"])
+        history = state["history"]
+        start_epoch = int(state["epoch"]) + 1
+    if rank:
+        torch.manual_seed(cfg.data.seed + 7919 * rank + start_epoch)
+
+    loss_fn = F.l1_loss if o.loss == "l1" else F.mse_loss
+    epoch_logger = tracking.EpochLogger(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
+    if epoch_logger is not None and history:
+        epoch_logger.backfill(history)
+    train_it = ray.train.get_dataset_shard("train")
+    val_it = ray.train.get_dataset_shard("val")
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    buffer = max(cfg.data.shuffle_buffer, cfg.batch_per_worker) if cfg.data.shuffle_buffer else None
+
+    for epoch in range(start_epoch, o.epochs + 1):
+        _maybe_inject_fault(cfg, epoch, rank, config["run_dir"])
+        t0 = time.perf_counter()
+        wait = 0.0
+        first_wait: float | None = None  # time to the first batch: the pipeline's start-up each epoch
+        epoch_lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses x size, samples
+        model.train()
+        batches = iter(
+            train_it.iter_torch_batches(
+                batch_size=cfg.batch_per_worker, local_shuffle_buffer_size=buffer, prefetch_batches=2, device=device
+            )
+        )
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - tw
+            if first_wait is None:
+                first_wait = wait
+            if batch is None:
+                break
+            lr, hr = batch["lr"], batch["hr"]
+            if o.channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=o.bf16):
+                loss = loss_fn(model(lr).float(), hr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            loss_sum[0] += loss.detach().double() * hr.shape[0]  # no host sync per step
+            loss_sum[1] += hr.shape[0]
+        train_seconds = time.perf_counter() - t0
+        if distributed:
+            dist.all_reduce(loss_sum)
+        if scheduler is not None:
+            scheduler.step()
+        samples_seen = float(loss_sum[1])
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum[0] / max(samples_seen, 1.0)),
+            "lr": epoch_lr,
+            "samples_per_second": samples_seen / max(train_seconds, 1e-9),
+            "data_wait_share": wait / max(train_seconds, 1e-9),
+            "first_batch_seconds": first_wait or 0.0,
+            "mlflow_run_id": config["mlflow_run_id"],
+        }
+        ckpt_dir = None
+        if rank == 0:
+            eval_model = ema.module if ema is not None else net
+            val_metrics, samples = _validate(eval_model, val_it, cfg, device, loss_fn)
+            metrics |= val_metrics
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            ckpt_dir = tempfile.mkdtemp(prefix="srtn-ckpt-")
+            train_state = {
+                "epoch": epoch,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": _rng_state(),
+                "history": history,
+                "mlflow_run_id": config["mlflow_run_id"],
+            }
+            meta = {
+                "model": cfg.model.name,
+                "model_kwargs": cfg.model.kwargs,
+                "scale": cfg.data.scale,
+                "epoch": epoch,
+                "ema": ema is not None,
+                "metrics": history[-1],
+                "mlflow_run_id": config["mlflow_run_id"],
+                "config": flatten(cfg),
+            }
+            _save_checkpoint(ckpt_dir, train_state, eval_model, meta)
+        try:
+            # every rank reports (a barrier); only rank 0 brings a checkpoint and its metrics count
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+        finally:
+            if ckpt_dir:
+                import shutil
+
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if epoch_logger is not None:
+            # Log only once the controller has registered this checkpoint (report returns when it is
+            # uploaded; registration is asynchronous): a worker that dies before that restarts from the
+            # previous checkpoint and redoes this epoch, which must not appear twice in MLflow. A crash
+            # after registration but before this log is repaired by `backfill` on resume.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            epoch_logger.log_epoch(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+            print(
+                f"epoch {epoch}/{o.epochs}: train_loss {metrics['train_loss']:.5f}"
+                f"  val_psnr {metrics['val_psnr']:.3f} dB  val_ssim {metrics['val_ssim']:.4f}"
+                f"  {metrics['samples_per_second']:.1f} samples/s  data wait {100 * metrics['data_wait_share']:.0f}%",
+                flush=True,
+            )
+            every = cfg.run.log_images_every
+            if every and samples and (epoch % every == 0 or epoch == o.epochs):
+                epoch_logger.log_images(epoch, samples, max_rows=cfg.run.num_images)
+    return {"mlflow_run_id": config["mlflow_run_id"], "last_epoch": history[-1]["epoch"] if history else None}

@@ -1,0 +1,253 @@
+"""Training with Ray Train V2 + MLflow: a real 2-worker DDP run (gloo, CPU) on tiny synthetic shards, a worker
+killed mid-run, a rerun of the same run name, config and tracking-server errors, and the tracking helpers."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from srtn import tracking
+from srtn.config.base import load_config
+from srtn.config.train import TrainConfig
+from srtn.errors import ConfigError, TrackingError
+from srtn.manifest import manifest_hash
+from srtn.synth.shards import write_synthetic_shards
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+PER_EPOCH = (
+    "train_loss",
+    "val_loss",
+    "val_psnr",
+    "val_ssim",
+    "val_psnr_y",
+    "val_ssim_y",
+    "epoch_seconds",
+    "samples_per_second",
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("train-shards") / "synthetic"
+    return write_synthetic_shards(str(out), per_split={"train": 16, "val": 4, "test": 4}, hr_size=32, scales=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module: creating one costs seconds (schema migrations)."""
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+    tracking.check_tracking_server(uri)
+    return uri
+
+
+def tiny(shards: str, tmp: Path, *overrides: str, uri: str = "sqlite:///unused.db") -> TrainConfig:
+    return load_config(
+        TrainConfig,
+        CONFIGS / "tiny.yaml",
+        [f"data.shards={shards}", f"tracking.uri={uri}", f"run.storage_path={tmp}/ray_results", *overrides],
+    )
+
+
+def steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+# --------------------------------------------------------------------------- end to end (Ray)
+
+
+@pytest.mark.slow
+def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray_session, shards, mlflow_uri, tmp_path):
+    import mlflow
+
+    from srtn.models import build_model
+    from srtn.models.serialization import load_sr_model
+    from srtn.training import fit, load_checkpoint_model
+
+    cfg = tiny(shards, tmp_path, "run.name=two-workers", uri=mlflow_uri)
+    out = fit(cfg)
+
+    assert [h["epoch"] for h in out.history] == [1, 2]
+    c = tracking.client(out.tracking_uri)
+    run = c.get_run(out.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "two-workers"
+    for key in PER_EPOCH:
+        assert steps(c, out.mlflow_run_id, key) == [1, 2], key
+    assert run.data.params["optim.lr"] == "0.001"
+    assert run.data.params["model.name"] == "srtn"
+    assert run.data.params["scaling.num_workers"] == "2"
+    n_params = sum(p.numel() for p in build_model("srtn", 4, **cfg.model.kwargs).parameters())
+    assert run.data.tags["srtn.param_count"] == str(n_params)
+    assert run.data.tags["srtn.shards_manifest_hash"] == manifest_hash(shards)
+    assert run.data.tags["srtn.git_commit"]
+    assert run.data.tags["srtn.run_name"] == "two-workers"
+    assert [a.path for a in c.list_artifacts(out.mlflow_run_id, "samples")] == [
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    ]
+    assert Path(out.tracking_uri[len("sqlite:///") :]).parent.joinpath("mlartifacts").is_dir()
+
+    # The registered model is the best checkpoint's weights and runs on a size unlike its 8x8 input example.
+    assert out.registered_model_version == "1"
+    mlflow.set_tracking_uri(out.tracking_uri)
+    registered = load_sr_model("models:/srtn-tiny-x4/1")
+    trained = load_checkpoint_model(out.best_checkpoint)
+    x = torch.rand(2, 3, 12, 20)
+    with torch.no_grad():
+        expected = trained(x)
+        got = registered(x)
+    assert got.shape == (2, 3, 48, 80)
+    torch.testing.assert_close(got, expected)
+    assert out.best_metrics["val_psnr"] == max(h["val_psnr"] for h in out.history)
+    assert out.runs_url == f"http://127.0.0.1:5000/#/experiments/{out.experiment_id}/runs"
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_session, shards, mlflow_uri, tmp_path):
+    from srtn.training import fit
+
+    # rank 0 exits at the start of epoch 2 (first attempt only); Ray Train restarts the worker group
+    cfg = tiny(
+        shards,
+        tmp_path,
+        "run.name=crashy",
+        "testing.fail_at_epoch=2",
+        "run.max_failures=1",
+        "run.log_images_every=0",
+        "run.registered_model_name=null",
+        uri=mlflow_uri,
+    )
+    out = fit(cfg)
+    assert (Path(out.run_path) / ".fault-injected-epoch-2").exists()  # the fault did happen
+    assert [h["epoch"] for h in out.history] == [1, 2]
+    c = tracking.client(out.tracking_uri)
+    for key in ("val_psnr", "train_loss"):
+        assert steps(c, out.mlflow_run_id, key) == [1, 2], key  # each epoch once; never back to epoch 1
+
+    # the same command with the same run name and more epochs: Ray Train restores the run's checkpoint
+    # manager from storage, get_checkpoint() gives epoch 2, and only epoch 3 is trained
+    again = fit(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})}))
+    assert again.mlflow_run_id == out.mlflow_run_id
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert steps(c, out.mlflow_run_id, "val_psnr") == [1, 2, 3]
+    run = c.get_run(out.mlflow_run_id)
+    assert run.data.tags["srtn.resumed"] == "true"
+    assert run.data.params["optim.epochs"] == "2"  # params are immutable: the first value stays
+    assert run.info.status == "FINISHED"
+
+    # a rerun of a finished run starts no workers and logs nothing new
+    t0 = time.perf_counter()
+    done = fit(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})}))
+    assert time.perf_counter() - t0 < 15
+    assert done.latest_checkpoint == again.latest_checkpoint
+    assert steps(c, out.mlflow_run_id, "val_psnr") == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- fail fast (no Ray)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.epochs=-1", "optim.epochs"),
+        ("optim.epoch=3", "optim.epoch"),
+        ("data.scale=5", "data"),
+        ("model.kwargs.n_featz=8", "model"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(override, key, shards, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        tiny(shards, tmp_path, override)
+    assert info.value.key == key
+    assert override.split("=")[0].split(".")[-1] in str(info.value)
+
+
+def test_unreachable_tracking_server_fails_before_any_ray_work(shards, tmp_path, monkeypatch):
+    import srtn.runtime
+    import srtn.training
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("Ray work started")
+
+    monkeypatch.setattr(srtn.runtime, "init_ray", forbidden)
+    monkeypatch.setattr(srtn.training, "build_trainer", forbidden)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    cfg = tiny(shards, tmp_path, f"tracking.uri={uri}", "run.name=never")
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match=uri):
+        srtn.training.fit(cfg)
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "ray_results" / "never").exists()
+
+
+# --------------------------------------------------------------------------- tracking helpers
+
+
+def test_resolve_tracking_uri_embedded_default_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.resolve_tracking_uri(None)
+    assert uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert tracking.artifact_location_for(uri) == (tmp_path / "runs" / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.resolve_tracking_uri(None) == "http://mlflow:5000"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path}/x.db"
+
+
+@pytest.mark.parametrize(
+    ("uri", "url"),
+    [
+        ("http://mlflow:5000/", "http://mlflow:5000/#/experiments/7/runs"),
+        ("https://example.org/mlflow", "https://example.org/mlflow/#/experiments/7/runs"),
+        ("sqlite:////tmp/m.db", "http://127.0.0.1:5000/#/experiments/7/runs"),
+    ],
+)
+def test_runs_url(uri, url):
+    assert tracking.runs_url(uri, "7") == url
+
+
+def test_log_params_flat_limits_and_immutability(mlflow_uri):
+    uri = mlflow_uri
+    exp = tracking.get_or_create_experiment("params", tracking_uri=uri)
+    assert tracking.get_or_create_experiment("params", tracking_uri=uri) == exp
+    run_id = tracking.create_run(uri, exp, run_name="r")
+    cfg = {"a": {"b": 1, "weird key!": "x"}, "long": "y" * 7000, "lst": [1, 2], "none": None}
+    assert tracking.log_params_flat(uri, run_id, cfg) == {}
+    params = tracking.client(uri).get_run(run_id).data.params
+    assert params["a.b"] == "1"
+    assert params["a.weird key_"] == "x"
+    assert len(params["long"]) == 6000
+    assert params["lst"] == "[1, 2]"
+    assert params["none"] == "null"
+    assert tracking.log_params_flat(uri, run_id, {"a": {"b": 2}}) == {"a.b": ("1", "2")}
+
+
+def test_epoch_logger_backfills_missing_epochs_once(mlflow_uri):
+    uri = mlflow_uri
+    run_id = tracking.create_run(uri, tracking.get_or_create_experiment("backfill", tracking_uri=uri), run_name="r")
+    log = tracking.EpochLogger(uri, run_id)
+    log.log_epoch(1, {"val_loss": 0.5, "note": "text is skipped"})
+    history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}]
+    assert log.backfill(history) == [2]
+    assert log.backfill(history) == []
+    assert steps(tracking.client(uri), run_id, "val_loss") == [1, 2]
+
+
+def test_image_grid_layout():
+    lr = torch.rand(5, 3, 8, 8)
+    hr = torch.rand(5, 3, 32, 32)
+    grid = tracking.image_grid({"LR": lr, "SR": hr, "HR": hr}, max_rows=4)
+    # cells are enlarged to 96 px: 3 columns x (96 + 2) + 2, label 14 + 4 rows x (96 + 2) + 2
+    assert grid.shape == (14 + 4 * 98 + 2, 3 * 98 + 2, 3)
+    assert grid.dtype == np.uint8
+    cell = grid[16 : 16 + 96, 2 : 2 + 96]
+    expected = np.clip(np.rint(lr[0].numpy().transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+    assert np.array_equal(cell[::12, ::12], expected)  # LR shown with nearest-neighbour enlargement
