@@ -1,0 +1,218 @@
+"""Small helpers shared by benchmarks: peak memory and CPU of a process tree, markdown tables.
+
+`run_measured(cmd)` starts a command and samples it and all its descendants (a Ray driver's
+gcs_server, raylet and workers included) every `interval` seconds:
+
+- memory: the sum over the tree of PSS (proportional set size, from /proc/PID/smaps_rollup), so pages
+  shared between processes (Ray's shared-memory object store, shared libraries) count once in
+  total rather than once per process; the plain RSS sum is reported next to it for reference (it
+  overcounts shared pages);
+- CPU: user+system seconds of every process seen, at its last sample (a process's last fraction of a
+  sample period before it exits is lost, so this slightly undercounts).
+
+A sampler reads only /proc, never attaches to the processes, and runs in the calling process (not
+in the measured tree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TreeStats", "TreeSampler", "Measured", "run_measured", "markdown_table", "RESULT_MARKER"]
+
+RESULT_MARKER = "BENCH_RESULT "  # a worker prints one line `BENCH_RESULT {json}` for `run_measured`
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` from /proc/PID/task/*/children (Linux 3.5+)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    out.extend(int(c) for c in fh.read().split())
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def _tree(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(_children(pid))
+    return pids
+
+
+def _memory_kib(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) in KiB from smaps_rollup; None if the process is gone."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except (OSError, ValueError):
+        try:  # no smaps_rollup (old kernel): RSS for both, an overcount
+            with open(f"/proc/{pid}/statm") as fh:
+                rss = pss = int(fh.read().split()[1]) * _PAGE // 1024
+        except (OSError, ValueError):
+            return None
+    return rss, pss
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class TreeStats:
+    """What a `TreeSampler` saw."""
+
+    peak_pss_mib: float = 0.0
+    peak_rss_mib: float = 0.0
+    peak_procs: int = 0
+    cpu_s: float = 0.0
+    cpu_by_role: dict[str, float] = field(default_factory=dict)  # root, ray workers, ray internal actors, other
+    samples: int = 0
+    history: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (time.time(), CPU-s by role)
+
+    def cpu_between(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds by role spent between two `time.time()` instants (to sample resolution)."""
+
+        def at(t: float) -> dict[str, float]:
+            before = [h for ts, h in self.history if ts <= t]
+            return before[-1] if before else {}
+
+        a, b = at(t0), at(t1)
+        return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in b}
+
+
+class TreeSampler:
+    """Samples a process tree's summed PSS/RSS and CPU time in a background thread."""
+
+    def __init__(self, root_pid: int, interval: float = 0.2) -> None:
+        self.root_pid, self.interval = root_pid, interval
+        self.stats = TreeStats()
+        self._cpu: dict[tuple[int, str], float] = {}
+        self._role: dict[tuple[int, str], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _start_time(self, pid: int) -> str:  # (pid, start time) names a process even if pids are reused
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return "?"
+
+    def _role_of(self, pid: int) -> str:
+        if pid == self.root_pid:
+            return "root"
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read(64)
+        except OSError:
+            return "other"
+        if cmd.startswith(b"ray::_") and b"Actor" in cmd.split(b"\0")[0]:  # Ray Data's _StatsActor, ...
+            return "ray internal actors"
+        return "ray workers" if cmd.startswith(b"ray::") else "other"
+
+    def sample(self) -> None:
+        rss = pss = procs = 0
+        for pid in _tree(self.root_pid):
+            mem = _memory_kib(pid)
+            if mem is None:
+                continue
+            procs += 1
+            rss, pss = rss + mem[0], pss + mem[1]
+            cpu = _cpu_seconds(pid)
+            if cpu is not None:
+                key = (pid, self._start_time(pid))
+                self._cpu[key] = cpu
+                if self._role.get(key) != "ray internal actors":  # Ray workers rename themselves per task
+                    self._role[key] = self._role_of(pid)
+        s = self.stats
+        s.peak_rss_mib = max(s.peak_rss_mib, rss / 1024)
+        s.peak_pss_mib = max(s.peak_pss_mib, pss / 1024)
+        s.peak_procs = max(s.peak_procs, procs)
+        s.cpu_s = sum(self._cpu.values())
+        roles: dict[str, float] = {}
+        for key, cpu in self._cpu.items():
+            roles[self._role[key]] = roles.get(self._role[key], 0.0) + cpu
+        s.cpu_by_role = roles
+        s.history.append((time.time(), roles))
+        s.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Measured:
+    """A finished command: exit code, wall time, tree stats and the worker's JSON result (if any)."""
+
+    returncode: int
+    wall_s: float
+    stats: TreeStats
+    result: dict[str, Any] = field(default_factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+
+
+def run_measured(
+    cmd: Sequence[str], *, env: dict[str, str] | None = None, interval: float = 0.2, timeout: float | None = None
+) -> Measured:
+    """Run `cmd` to completion while sampling its process tree; parse its `BENCH_RESULT` line."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with TreeSampler(proc.pid, interval) as sampler:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            result = json.loads(line[len(RESULT_MARKER) :])
+    return Measured(proc.returncode, wall, sampler.stats, result, stdout, stderr)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub markdown table; `align` is one character per column: l, r or c (default: l then r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    marks = {"l": "---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

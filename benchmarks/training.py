@@ -1,0 +1,206 @@
+"""Training throughput: Ray Train (1 worker, Ray Data input) against a plain single-process PyTorch loop.
+
+Both train the same model with the same global batch, optimiser and LR patches of the same synthetic tile
+shards, with the same number of torch threads (`--cpus`, default 2):
+
+- plain: every train tile decoded into memory once, then per step the same aligned random crop and
+  flips (`srtn.training_data.aligned_crop` / `augment_pair`) and a float conversion in the loop: an
+  upper bound (no PNG decoding while training, no framework). It runs in a subprocess with
+  `OMP_NUM_THREADS` set as Ray sets it for a worker, so both use the same torch threading.
+- Ray Train: `srtn.training.fit` as `srtn train` runs it (1 worker with `--cpus` CPUs, so torch gets
+  the same threads; PNG decoding, crops and flips in Ray Data tasks that share the same cores;
+  validation, checkpoints and MLflow every epoch). Ray is started with one more *logical* CPU than
+  the worker takes, so its data tasks can be scheduled: they still run on the same physical cores.
+
+samples/s is measured inside the training loop (first batch requested to last step done, per epoch;
+validation, checkpointing and start-up are outside it) and the first epoch is left out as warm-up.
+"data wait" is the share of that time spent waiting for the next batch (for plain: preparing it);
+"first batch" is the wait for an epoch's first batch (Ray Data starting the epoch's pipeline), a
+fixed cost per epoch that the last column leaves out (it matters for tiny epochs only).
+Goal: Ray/plain >= 0.85. Plain runs before and after Ray (Ray shut down) and its two results are
+averaged, so load drifting on a shared machine shows as a gap between them.
+
+    python benchmarks/training.py            # SRTN 32x4, LR 48 patches of 256 px tiles, 192 tiles, 3 epochs
+    python benchmarks/training.py --quick    # SRTN 16x2, LR 16 patches of 64 px tiles, 32 tiles, 3 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "platform"))  # runnable from a bare checkout
+
+from _common import RESULT_MARKER, markdown_table  # noqa: E402
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny run (about a minute on 2 CPUs)")
+    p.add_argument("--model", default="srtn", help="model name (default srtn)")
+    p.add_argument("--n-feats", type=int, default=32, help="model width (default 32)")
+    p.add_argument("--n-blocks", type=int, default=4, help="residual blocks (default 4)")
+    p.add_argument("--tiles", type=int, default=192, help="train tiles (default 192)")
+    p.add_argument("--hr-size", type=int, default=256, help="HR tile side (default 256)")
+    p.add_argument("--patch", type=int, default=48, help="LR patch side (default 48)")
+    p.add_argument("--batch", type=int, default=8, help="batch (default 8, the recipe)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs; the first is warm-up (default 3)")
+    p.add_argument("--cpus", type=float, default=2.0, help="CPUs of the Ray worker = torch threads (default 2)")
+    p.add_argument("--plain-worker", default=None, help=argparse.SUPPRESS)  # shards path: run the plain loop
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_feats, args.n_blocks, args.tiles, args.hr_size, args.patch, args.epochs = 16, 2, 32, 64, 16, 3
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (the first is warm-up)")
+    return args
+
+
+def plain_subprocess(argv: list[str], shards: str, threads: int) -> list[tuple[float, float]]:
+    """`plain_loop` in a fresh process whose torch threads are set the way Ray sets a worker's
+    (`OMP_NUM_THREADS` before torch is imported), so both loops run under the same threading."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, *argv, "--plain-worker", shards]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER))
+    return [tuple(e) for e in json.loads(line[len(RESULT_MARKER) :])]
+
+
+def plain_loop(args: argparse.Namespace, shards: str) -> list[tuple[float, float]]:
+    """(samples/s, data share) per epoch of a single-process loop over tiles decoded into memory."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from srtn.models import build_model
+    from srtn.schema import decode_png
+    from srtn.shards import read_split_table
+    from srtn.training_data import aligned_crop, augment_pair
+
+    scale = 4
+    table = read_split_table(shards, "train", columns=["hr", "lr_x4"])
+    tiles = [(decode_png(h), decode_png(lr)) for h, lr in zip(table["hr"].to_pylist(), table["lr_x4"].to_pylist())]
+    torch.manual_seed(0)
+    model = build_model(args.model, scale, n_feats=args.n_feats, n_blocks=args.n_blocks)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(args.epochs):
+        order = rng.permutation(len(tiles))
+        t0 = time.perf_counter()
+        wait = 0.0
+        for i in range(0, len(order), args.batch):
+            tw = time.perf_counter()
+            lrs, hrs = [], []
+            for k in order[i : i + args.batch]:
+                hr, lr = aligned_crop(*tiles[k], scale, args.patch, rng)
+                hr, lr = augment_pair(hr, lr, rng)
+                hrs.append(hr)
+                lrs.append(lr)
+            lr_t = torch.from_numpy(np.stack(lrs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            hr_t = torch.from_numpy(np.stack(hrs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            wait += time.perf_counter() - tw
+            loss = F.mse_loss(model(lr_t), hr_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        dt = time.perf_counter() - t0
+        out.append((len(order) / dt, wait / dt))
+    return out
+
+
+def ray_train(args: argparse.Namespace, shards: str, work: str) -> tuple[list[tuple[float, float]], float]:
+    """(samples/s, data wait share) per epoch of `srtn.training.fit`, and its end-to-end seconds."""
+    import ray
+
+    from srtn.config.base import load_config
+    from srtn.config.train import TrainConfig
+    from srtn.training import fit
+
+    ray.init(num_cpus=args.cpus + 1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    cfg = load_config(
+        TrainConfig,
+        data={
+            "data": {"shards": shards, "dataset": "bench", "scale": 4, "patch_size": args.patch, "shuffle_buffer": 32},
+            "model": {"name": args.model, "kwargs": {"n_feats": args.n_feats, "n_blocks": args.n_blocks}},
+            "optim": {"batch_size": args.batch, "epochs": args.epochs},
+            "scaling": {"num_workers": 1, "cpus_per_worker": args.cpus, "data_cpus": 0.25, "data_concurrency": 2},
+            "run": {"name": "bench", "storage_path": f"{work}/ray", "log_images_every": 0, "max_failures": 0},
+            "tracking": {"uri": f"sqlite:///{work}/mlflow.db"},
+        },
+    )
+    t0 = time.perf_counter()
+    outcome = fit(cfg)
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    return [(h["samples_per_second"], h["data_wait_share"], h["first_batch_seconds"]) for h in outcome.history], wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    if args.plain_worker:
+        print(RESULT_MARKER + json.dumps(plain_loop(args, args.plain_worker)))
+        return 0
+    threads = max(1, int(args.cpus))  # what Ray gives a worker with `cpus` CPUs (OMP_NUM_THREADS)
+    os.environ.setdefault("RAY_ENABLE_RECORD_ACTOR_TASK_LOGGING", "0")
+    from srtn.synth.shards import write_synthetic_shards
+
+    with tempfile.TemporaryDirectory(prefix="srtn-bench-train-") as work:
+        shards = write_synthetic_shards(
+            f"{work}/shards", per_split={"train": args.tiles, "val": 4}, hr_size=args.hr_size, scales=(4,), groups=4
+        )
+        plain_before = plain_subprocess(argv, shards, threads)
+        ray_epochs, ray_wall = ray_train(args, shards, work)
+        plain_after = plain_subprocess(argv, shards, threads)
+
+    def steady(epochs: list[tuple[float, ...]]) -> tuple[float, float, float, float]:
+        """Medians over the epochs after the first: samples/s, data wait share, time to the first batch,
+        and samples/s without that first wait (the per-epoch pipeline start)."""
+        rest = epochs[1:]
+        firsts = [e[2] if len(e) > 2 else 0.0 for e in rest]
+        no_start = [args.tiles / max(args.tiles / e[0] - f, 1e-9) for e, f in zip(rest, firsts)]
+        return (
+            statistics.median(e[0] for e in rest),
+            statistics.median(e[1] for e in rest),
+            statistics.median(firsts),
+            statistics.median(no_start),
+        )
+
+    p1, p2, r = steady(plain_before), steady(plain_after), steady(ray_epochs)
+    plain_sps = (p1[0] + p2[0]) / 2
+    ratio, ratio_no_start = r[0] / plain_sps, r[3] / plain_sps
+    print(
+        f"\nTraining throughput: {args.model} n_feats={args.n_feats} n_blocks={args.n_blocks}, batch {args.batch}, "
+        f"LR patch {args.patch} (x4), {args.tiles} train tiles of {args.hr_size} px per epoch, {args.epochs} epochs "
+        f"(first left out), {args.cpus:g} CPUs / {threads} torch threads, on {os.cpu_count()} cores\n"
+    )
+    rows = [
+        ["plain PyTorch (before Ray)", f"{p1[0]:.2f}", f"{100 * p1[1]:.1f}%", "-", f"{p1[0] / plain_sps:.2f}", "-"],
+        ["plain PyTorch (after Ray)", f"{p2[0]:.2f}", f"{100 * p2[1]:.1f}%", "-", f"{p2[0] / plain_sps:.2f}", "-"],
+        [
+            "Ray Train, 1 worker + Ray Data",
+            f"{r[0]:.2f}",
+            f"{100 * r[1]:.1f}%",
+            f"{r[2]:.2f}",
+            f"**{ratio:.2f}**",
+            f"{ratio_no_start:.2f}",
+        ],
+    ]
+    headers = ["loop", "samples/s", "data wait", "first batch (s)", "vs plain", "vs plain, w/o epoch start"]
+    print(markdown_table(headers, rows))
+    print(f"\nRay Train end to end (start-up, validation, checkpoints, MLflow, model logging): {ray_wall:.1f} s")
+    print(f"goal Ray/plain >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'} ({ratio:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
