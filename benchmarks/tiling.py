@@ -1,8 +1,9 @@
 """`srtn tile` against the original serial script and ratiopath's Ray Data pipeline, on the same slides.
 
-What runs (every pipeline in its own subprocess, on the same cached synthetic TCGA-style slides, the
-same quality filters -- gray std > 30, <= 40% near-white (> 200), <= 40% near-black (< 55) -- keeping
-up to 100 tiles per slide with LR partners x4 and x8, Pillow Lanczos, PNG via OpenCV level 3):
+What runs (every pipeline in its own subprocess, on the same cached synthetic TCGA-style slides, doing the
+same work with the same functions -- srtn's own quality filter `srtn.tiles.rejection_reason` (gray std > 30,
+<= 40% near-white > 200, <= 40% near-black < 55), LR `srtn.tiles.downsample` (Pillow Lanczos, x4 and x8)
+and PNG encoder `srtn.schema.encode_png` -- keeping up to 100 tiles per slide):
 
   srtn       `run_tiling` with configs/data/tcga_kirc.yaml (input/output overridden), Ray local with
              2 CPUs started and warmed (one trivial task per CPU) BEFORE the timer; fresh output dir.
@@ -14,17 +15,20 @@ up to 100 tiles per slide with LR partners x4 and x8, Pillow Lanczos, PNG via Op
              filters, up to 100 per slide (groupby(slide).map_groups on coordinates only), re-read of
              the kept tiles, LR x4/x8, write_parquet. Runs in its own venv (runs/bench/ratiopath-venv,
              see benchmarks/README.md); Ray started and warmed before the timer, like srtn.
+Ray workers run at nice 0 like the serial loop (Ray's default is 15; --worker-nice).
 
 Measured:
-  (a) slides/min of each; ratio srtn / serial and srtn / ratiopath (goal >= 4x each).
+  (a) slides/min of each; ratio srtn / serial and srtn / ratiopath (goal >= 4x each), from runs of the
+      same round (wall clock), and a load-independent estimate from CPU-s/slide of each process tree.
   (b) level-0 tile decodes per kept tile of srtn, from its manifest (sum decoded / sum kept; goal <= 2).
   (c) peak memory of the whole srtn process tree (driver + gcs + raylet + Ray workers: summed PSS from
       /proc, sampled every 0.2 s) on N small slides versus 10N (goal: ratio <= 1.25).
-Also: CPU seconds of each process tree (sampled), and a cProfile breakdown of srtn's per-slide work.
+Also: CPU seconds of each process tree by role, and a cProfile breakdown of srtn's per-slide work.
 
     python benchmarks/tiling.py                 # 32 slides 8192x8192, memory 20 vs 200 slides 2048x2048
     python benchmarks/tiling.py --quick         # 4 slides 4096x4096, memory 5 vs 50 slides 1024x1024
-    python benchmarks/tiling.py --repeats 3     # interleave srtn/serial/ratiopath 3 times; median + spread
+    python benchmarks/tiling.py --repeats 3     # 3 rounds, rotating the order; median + spread
+    python benchmarks/tiling.py --report runs/bench/tiling-results-*.json   # re-print a saved run
 
 Slides are generated once into runs/bench/slides-<params>/ and reused (delete the folder to rebuild).
 """
@@ -52,43 +56,35 @@ CONFIG = REPO / "configs" / "data" / "tcga_kirc.yaml"
 DEFAULT_CACHE = REPO / "runs" / "bench"
 RATIOPATH_PYTHON = DEFAULT_CACHE / "ratiopath-venv" / "bin" / "python"
 
-# The filters and output of configs/data/tcga_kirc.yaml (the ones srtn uses), for serial and ratiopath.
+# Tile size, cap and LR scales of configs/data/tcga_kirc.yaml (checked against it in `main`).
 TILE, KEEP, SCALES = 256, 100, (4, 8)
-MIN_STD, WHITE, BLACK, MAX_WHITE, MAX_BLACK = 30.0, 200, 55, 0.4, 0.4
-PNG_LEVEL = 3  # srtn.schema.encode_png's compression
+PLATFORM = REPO / "platform"  # serial and ratiopath import srtn's tile functions from here (pure modules)
 
 GOAL_SPEEDUP, GOAL_DECODES, GOAL_MEMORY = 4.0, 2.0, 1.25
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def quality_ok(rgb: Any) -> bool:
-    """The quality filters (as srtn.tiles.rejection_reason): cheap pixel counts first, then the std."""
-    import cv2
-    import numpy as np
+def tile_functions() -> tuple[Any, Any, Any]:
+    """srtn's own quality filter, LR downsample and PNG encoder, so all three pipelines do the same work.
 
-    g = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    n = g.size
-    if np.count_nonzero(g > WHITE) / n > MAX_WHITE or np.count_nonzero(g < BLACK) / n > MAX_BLACK:
-        return False
-    return float(g.std()) > MIN_STD
+    `srtn.tiles` and `srtn.schema` need only numpy, OpenCV, Pillow and pyarrow, which the ratiopath venv
+    has too; the filter thresholds are `QualityThresholds()`'s defaults, which `main` checks equal the
+    config's.
+    """
+    if str(PLATFORM) not in sys.path:
+        sys.path.insert(0, str(PLATFORM))
+    from srtn.schema import encode_png
+    from srtn.tiles import QualityThresholds, downsample, rejection_reason
 
+    thresholds = QualityThresholds()
 
-def encode_png(rgb: Any) -> bytes:
-    """srtn.schema.encode_png without importing srtn (the ratiopath venv has no srtn)."""
-    import cv2
+    def passes(rgb: Any) -> bool:
+        return rejection_reason(rgb, thresholds) is None
 
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
-    assert ok
-    return buf.tobytes()
+    def lanczos(rgb: Any, scale: int) -> Any:
+        return downsample(rgb, scale, "lanczos")
 
-
-def lanczos(rgb: Any, scale: int) -> Any:
-    """Pillow Lanczos downsample by an integer factor (srtn.tiles.downsample's default)."""
-    import numpy as np
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    return np.asarray(Image.fromarray(rgb).resize((w // scale, h // scale), resample=Image.Resampling.LANCZOS))
+    return passes, lanczos, encode_png
 
 
 def slide_seed(name: str, seed: int = 0) -> int:
@@ -220,10 +216,9 @@ def worker_serial(args: argparse.Namespace) -> None:
 
     import openslide
 
-    from srtn.schema import encode_png as srtn_png  # the same PNG encoder as srtn tile, by construction
     from srtn.slides import read_rgb
-    from srtn.tiles import downsample
 
+    passes, lanczos, encode_png = tile_functions()
     paths = sorted(p for p in Path(args.input).iterdir() if p.suffix in (".svs", ".tiff"))
     out = Path(args.output)
     decoded = kept = 0
@@ -236,16 +231,16 @@ def worker_serial(args: argparse.Namespace) -> None:
                 for x in range(0, w - TILE + 1, TILE):
                     rgb = read_rgb(slide, x, y, 0, TILE, TILE)
                     decoded += 1
-                    if quality_ok(rgb):
+                    if passes(rgb):
                         passing.append((x, y, rgb))
             slide.close()
             chosen = random.Random(slide_seed(path.name)).sample(passing, min(KEEP, len(passing)))
             folder = out / path.name.rsplit(".", 1)[0]  # one folder per slide: names never collide
             folder.mkdir(parents=True, exist_ok=True)
             for x, y, rgb in chosen:
-                (folder / f"{x}_{y}_hr.png").write_bytes(srtn_png(rgb))
+                (folder / f"{x}_{y}_hr.png").write_bytes(encode_png(rgb))
                 for s in SCALES:
-                    (folder / f"{x}_{y}_lr_x{s}.png").write_bytes(srtn_png(downsample(rgb, s, "lanczos")))
+                    (folder / f"{x}_{y}_lr_x{s}.png").write_bytes(encode_png(lanczos(rgb, s)))
                 kept += 1
     emit({"slides": len(paths), "decoded": decoded, "kept": kept}, timer)
 
@@ -284,6 +279,7 @@ def _rp_keep(group: Any) -> Any:
 def _rp_pairs(batch: dict[str, Any]) -> Any:
     import pyarrow as pa
 
+    _, lanczos, encode_png = tile_functions()
     hr, lr = [], {s: [] for s in SCALES}
     for rgb in batch["tile"]:
         hr.append(encode_png(rgb))
@@ -313,7 +309,8 @@ def worker_ratiopath(args: argparse.Namespace) -> None:
     slides = read_slides(args.input, level=0, tile_extent=TILE, stride=TILE)
     slides = slides.map(row_hash, num_cpus=0.1)
     tiles = slides.flat_map(_rp_tiling, num_cpus=0.2).repartition(target_num_rows_per_block=128)
-    tiles = tiles.map_batches(read_slide_tiles, num_cpus=1).filter(lambda row: quality_ok(row["tile"]))
+    passes, _, _ = tile_functions()
+    tiles = tiles.map_batches(read_slide_tiles, num_cpus=1).filter(lambda row: passes(row["tile"]))
     # num_partitions: Ray's default (200 hash-shuffle partitions) took minutes for 4 slides here; one per CPU
     by_slide = tiles.drop_columns(["tile"]).groupby("slide_id", num_partitions=args.cpus)
     chosen = by_slide.map_groups(_rp_keep, batch_format="pandas")
@@ -377,7 +374,7 @@ def profile_srtn(paths: list[Path], out: Path) -> list[tuple[str, float]]:
         ("level-0 tile reads (OpenSlide read_region)", cum(slides.read_rgb, tiling._tile_open_slide)),
         ("quality filters", cum(tiles.rejection_reason)),
         ("LR downsample x4, x8 (Pillow Lanczos)", cum(tiles.downsample)),
-        ("PNG encode HR + LR (OpenCV, level 3)", cum(srtn_png)),
+        ("PNG encode HR + LR (srtn.schema.encode_png)", cum(srtn_png)),
         ("Parquet shard write (rows -> Arrow -> zstd -> file)", cum(shards.write_source_shards)),
     ]
     phases.append(("other (open slide, candidate list, rows, status)", total - sum(s for _, s in phases)))
@@ -447,6 +444,8 @@ def _run(name: str, python: str, inp: Path | str, out: Path, args: argparse.Name
     # Ray's raylet starts workers at nice 15 unless RAY_worker_niceness says otherwise: on a shared machine
     # that alone loses to the nice-0 serial loop. Same priority everywhere (as benchmarks/breakhis.py).
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_worker_niceness=str(args.worker_nice))
+    if name == "ratiopath":  # its Ray workers import srtn's tile functions (see tile_functions)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLATFORM), env.get("PYTHONPATH", "")) if p)
     env.pop("RAY_ADDRESS", None)  # a fresh local Ray, never a cluster someone else started
     _wait_for_quiet(args)
     print(f"  {name} on {inp} (load average {os.getloadavg()[0]:.1f}) ...", file=sys.stderr, flush=True)
@@ -476,6 +475,24 @@ def _run(name: str, python: str, inp: Path | str, out: Path, args: argparse.Name
         flush=True,
     )
     return r
+
+
+def _check_config() -> None:
+    """The serial and ratiopath pipelines copy these settings of the config srtn runs with."""
+    from srtn.config.base import load_config
+    from srtn.config.tile import TileConfig
+    from srtn.tiles import QualityThresholds
+
+    cfg = load_config(TileConfig, CONFIG, ["input=x", "output=x"])
+    same = (
+        cfg.filters.thresholds() == QualityThresholds()
+        and (cfg.tiles.size, cfg.tiles.level, cfg.tiles.step) == (TILE, 0, TILE)
+        and cfg.max_tiles_per_slide == KEEP
+        and tuple(cfg.lr.scales) == SCALES
+        and cfg.lr.method == "lanczos"
+    )
+    if not same:
+        raise SystemExit(f"{CONFIG} no longer matches this benchmark's baselines (filters, tiles, cap, LR): update it")
 
 
 def _wait_for_quiet(args: argparse.Namespace) -> None:
@@ -512,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     t_start = time.perf_counter()
+    _check_config()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     cache = Path(args.cache).resolve()
     runs = cache / "out"

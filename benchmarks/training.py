@@ -6,7 +6,8 @@ shards, with the same number of torch threads (`--cpus`, default 2):
 - plain: every train tile decoded into memory once, then per step the same aligned random crop and
   flips (`srtn.training_data.aligned_crop` / `augment_pair`) and a float conversion in the loop: an
   upper bound (no PNG decoding while training, no framework). It runs in a subprocess with
-  `OMP_NUM_THREADS` set as Ray sets it for a worker, so both use the same torch threading.
+  `OMP_NUM_THREADS` set as Ray sets it for a worker and at Ray's worker niceness (15), so both loops
+  get the same threading and the same CPU priority against whatever else runs on the machine.
 - Ray Train: `srtn.training.fit` as `srtn train` runs it (1 worker with `--cpus` CPUs, so torch gets
   the same threads; PNG decoding, crops and flips in Ray Data tasks that share the same cores;
   validation, checkpoints and MLflow every epoch). Ray is started with one more *logical* CPU than
@@ -64,12 +65,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+WORKER_NICENESS = 15  # Ray starts its worker processes at niceness 15 (its `worker_niceness` setting)
+
+
 def plain_subprocess(argv: list[str], shards: str, threads: int) -> list[tuple[float, float]]:
     """`plain_loop` in a fresh process whose torch threads are set the way Ray sets a worker's
     (`OMP_NUM_THREADS` before torch is imported), so both loops run under the same threading."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, *argv, "--plain-worker", shards]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    nice = os.nice(0)
+    proc = subprocess.run(
+        cmd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.nice(max(0, WORKER_NICENESS - nice)),
+    )
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER))
     return [tuple(e) for e in json.loads(line[len(RESULT_MARKER) :])]
 
