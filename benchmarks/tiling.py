@@ -25,7 +25,7 @@ Measured:
       /proc, sampled every 0.2 s) on N small slides versus 10N (goal: ratio <= 1.25).
 Also: CPU seconds of each process tree by role, and a cProfile breakdown of srtn's per-slide work.
 
-    python benchmarks/tiling.py                 # 32 slides 8192x8192, memory 20 vs 200 slides 2048x2048
+    python benchmarks/tiling.py                 # 32 slides 8192x8192 x 2 rounds; memory 20 vs 200 of 2048x2048
     python benchmarks/tiling.py --quick         # 4 slides 4096x4096, memory 5 vs 50 slides 1024x1024
     python benchmarks/tiling.py --repeats 3     # 3 rounds, rotating the order; median + spread
     python benchmarks/tiling.py --report runs/bench/tiling-results-*.json   # re-print a saved run
@@ -396,7 +396,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mem-slides", type=int, default=20, help="small run of (c); the large one is 10x (default 20)")
     p.add_argument("--mem-size", type=int, default=2048, help="side of the (c) slides (default 2048)")
     p.add_argument("--cpus", type=int, default=2, help="Ray CPUs for srtn and ratiopath (default 2)")
-    p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of (a) (default 1)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of (a), rotating the order (default 2; --quick: 1)")
     p.add_argument("--profile-slides", type=int, default=4, help="slides profiled in-process (0: skip)")
     p.add_argument(
         "--max-load",
@@ -421,7 +421,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.slides, args.size, args.mem_slides, args.mem_size = 4, 4096, 5, 1024
+        args.slides, args.size, args.mem_slides, args.mem_size, args.repeats = 4, 4096, 5, 1024, 1
         args.profile_slides = min(args.profile_slides, 2)
     return args
 
