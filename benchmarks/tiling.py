@@ -590,7 +590,8 @@ def _report(
         f"\n## Tiling benchmark ({'--quick' if args.quick else 'full'})\n",
         f"{args.slides} synthetic slides {args.size}x{args.size} (~{args.tissue:.0%} tissue, 3 of 4 Aperio SVS, "
         f"1 of 4 generic TIFF), tiles 256 at level 0, same filters, <= {KEEP} kept per slide, LR x4/x8. "
-        f"srtn and ratiopath: Ray local, {args.cpus} CPUs, started and warmed before the timer. "
+        f"srtn and ratiopath: Ray local, {args.cpus} CPUs, started and warmed before the timer, workers at "
+        f"nice {getattr(args, 'worker_nice', 0)} like the serial loop. "
         f"{args.repeats} repeat(s), interleaved; with several repeats: median (min-max). Machine shared: "
         f"wall times are noisy, ratios come from the same run.\n",
     ]
