@@ -40,6 +40,7 @@ class DataConfig(StrictModel):
     scale: int = Field(4, description="SR factor; the shards need the lr_x<scale> column")
     patch_size: int | None = Field(48, ge=4, description="LR train patch side (HR = patch*scale); null: whole tiles")
     val_crop: int | None = Field(None, ge=4, description="LR centre crop of val tiles; null: whole tiles")
+    cache_val: bool = Field(True, description="rank 0 keeps decoded val tiles in memory after the first epoch")
     augment: AugmentConfig = AugmentConfig()
     limit_train: int | None = Field(None, ge=1, description="use at most this many train rows (smoke runs)")
     limit_val: int | None = Field(None, ge=1, description="use at most this many val rows")
