@@ -265,11 +265,17 @@ def test_learns_and_beats_bicubic(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["srtn", "edsr"])
 def test_global_residual_starts_from_bicubic_and_adds_no_parameters(name):
+    """A fresh model with the bicubic skip is exactly bicubic (zero tail), and one step later it no longer is."""
     plain = build_model(name, 4, n_feats=8, n_blocks=1)
     skip = build_model(name, 4, n_feats=8, n_blocks=1, global_residual=True)
     assert sum(p.numel() for p in skip.parameters()) == sum(p.numel() for p in plain.parameters())
-    torch.nn.init.zeros_(skip.tail.weight)
-    torch.nn.init.zeros_(skip.tail.bias)
     x = torch.rand(1, 3, 11, 9)
     expected = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
     assert torch.allclose(skip(x), expected, atol=1e-6)
+    opt = torch.optim.Adam(skip.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(skip(x), torch.rand(1, 3, 44, 36)).backward()
+        opt.step()
+    assert not torch.allclose(skip(x), expected, atol=1e-4)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in skip.parameters())

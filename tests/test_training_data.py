@@ -121,3 +121,27 @@ def test_synthetic_shards_layout_and_manifest(tmp_path):
     again = write_synthetic_shards(str(tmp_path / "t"), per_split={"train": 4, "val": 2}, hr_size=16, scales=(2, 4))
     assert manifest_hash(again) == manifest_hash(out)
     assert isinstance(table.schema, pa.Schema)
+
+
+def test_shards_store_png_columns_uncompressed_and_keep_null_counts(tmp_path):
+    """PNG bytes are not recompressed (zstd on the small columns only), and the null counts that
+    `check_shards` reads are written; shards written by other tools without statistics still pass."""
+    from srtn.training_data import check_shards
+
+    out = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 2, "val": 1}, hr_size=16, scales=(4,))
+    files = sorted((tmp_path / "s" / "split=train").glob("*.parquet"))
+    meta = pq.ParquetFile(files[0]).metadata.row_group(0)
+    by_name = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert by_name["hr"].compression == "UNCOMPRESSED" and by_name["lr_x4"].compression == "UNCOMPRESSED"
+    assert by_name["tile_id"].compression == "ZSTD"
+    assert by_name["lr_x8"].statistics.null_count == meta.num_rows
+    check_shards(out, 4)
+
+    bare = tmp_path / "bare"
+    for split in ("train", "val"):
+        (bare / f"split={split}").mkdir(parents=True)
+        table = read_split_table(out, split)
+        pq.write_table(table, bare / f"split={split}" / "x.parquet", write_statistics=False)
+    check_shards(str(bare), 4)
+    with pytest.raises(ConfigError, match="no lr_x8 images"):
+        check_shards(str(bare), 8)

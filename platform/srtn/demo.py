@@ -92,6 +92,10 @@ def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     )
     report = evaluate(eval_cfg)
     print(report.markdown)
+    psnr = report.table.set_index("model")["psnr"]
+    for name in outcomes:
+        gain = psnr[name] - psnr["bicubic"]
+        print(f"{name} vs bicubic on test PSNR: {gain:+.2f} dB ({'beats' if gain > 0 else 'does NOT beat'} bicubic)")
     print(f"done in {time.perf_counter() - t:.0f} s")
     uri = report.tracking_uri
     print("\nCompare the runs in the MLflow UI:")

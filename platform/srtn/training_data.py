@@ -176,7 +176,12 @@ def _check_scale_present(files: list[str], scale: int) -> None:
     idx = names.index(col)
     for rg in range(meta.num_row_groups):
         stats = meta.row_group(rg).column(idx).statistics
-        if stats is not None and stats.has_null_count and stats.null_count < meta.row_group(rg).num_rows:
+        if stats is None or not stats.has_null_count:  # written without statistics: read the column itself
+            with fs.open_input_file(path) as f:
+                if pq.read_table(f, columns=[col]).column(col).null_count < meta.num_rows:
+                    return
+            break
+        if stats.null_count < meta.row_group(rg).num_rows:
             return
     raise ConfigError(
         f"shards {files[0]} hold no {col} images: they were tiled without scale {scale} (lr.scales)",
