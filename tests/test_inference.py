@@ -1,9 +1,10 @@
 """`srtn predict`: whole-slide SR with Ray Data, seamless blending, streaming pyramidal TIFF output.
 
 One synthetic Aperio slide (1024x2048, 0.25 um/px, ~40% tissue) for the module; a throw-away sqlite
-MLflow store with a tiny EDSR (`runs:/`) and a tiny SRTN (`models:/`), randomly initialised with fixed
-seeds. Ray runs use the session fixture; the local executor (same per-tile code, no Ray) is used where a
-test is about the driver (memory, errors, CLI) to keep the module fast.
+MLflow store with a tiny EDSR (`runs:/`, randomly initialised) and a tiny SRTN (`models:/`) trained for a
+few seconds on the slide's own tiles, both with fixed seeds. Ray runs use the session fixture; the local
+executor (same per-tile code, no Ray) is used where a test is about the driver (memory, errors, CLI) to
+keep the module fast.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def slide(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict[str, str]:
+def store(tmp_path_factory, slide) -> dict[str, str]:
     """A sqlite MLflow store with a tiny EDSR (a runs:/ URI) and a tiny SRTN (registered: models:/)."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -54,13 +55,35 @@ def store(tmp_path_factory) -> dict[str, str]:
         exp = mlflow.create_experiment("predict-test", artifact_location=(root / "mlartifacts").as_uri())
         torch.manual_seed(0)
         edsr = build_model("edsr", SCALE, n_feats=8, n_blocks=1)
-        srtn = build_model("srtn", SCALE, n_feats=8, n_blocks=1)
+        srtn = _trained_srtn(slide)
         with mlflow.start_run(experiment_id=exp) as run:
             log_sr_model(edsr, name="edsr")
             log_sr_model(srtn, name="srtn", registered_model_name="predict-test-srtn")
     finally:
         mlflow.set_tracking_uri(previous)
     return {"uri": uri, "edsr": f"runs:/{run.info.run_id}/edsr", "srtn": "models:/predict-test-srtn/1"}
+
+
+def _trained_srtn(slide: str, steps: int = 200) -> torch.nn.Module:
+    """SRTN as `make demo` trains it (bicubic skip, MSE, Adam 1e-3, batch 8), on 96-px HR patches of the
+    slide's lower half (the tests' regions lie in the upper half) with Lanczos x4 LR partners."""
+    from srtn.tiles import downsample
+
+    torch.manual_seed(0)
+    model = build_model("srtn", SCALE, n_feats=8, n_blocks=1, global_residual=True)
+    hr_area = _region_lr(slide, (0, 1024, 1024, 1024))
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        ys, xs = rng.integers(0, 1024 - 96, size=(2, 8))
+        hr = np.stack([hr_area[y : y + 96, x : x + 96] for y, x in zip(ys, xs)])
+        lr = np.stack([downsample(np.ascontiguousarray(h), SCALE, "lanczos") for h in hr])
+        to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+        loss = torch.nn.functional.mse_loss(model(to_t(lr)), to_t(hr))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
 
 
 def _region_lr(slide: str, region: tuple[int, int, int, int]) -> np.ndarray:
@@ -250,12 +273,15 @@ def _seam_steps(err: np.ndarray, plan: TilePlan, pad: int = 2 * SCALE) -> tuple[
 
 
 def test_srtn_from_registry_blends_without_seams(slide, store, tmp_path):
-    """SRTN is not a local operator: its GroupNorm (SRU), global pooling (CRU) and row/column pooling
-    (EMA) see a whole tile, so tiles cannot reproduce one pass over the region exactly, whatever the
-    blending (overlap 16 or 32 gave the same PSNR). Measured at these settings: 40.6 dB for this store's
-    SRTN, 41.5 / 39.4 / 40.8 dB for seeds 0 / 1 / 2, 34-37 dB with hard-cut tiles; the bound is 38 dB so
-    that the test is about stitching, not one seed. What stitching must deliver is no seam: the error may
-    not jump where tiles meet more than it varies elsewhere (a hard cut jumps 15x).
+    """A trained SRTN, tiled and blended, against one forward pass over the region: >= 40 dB, and no seam
+    (the error may not jump where tiles meet more than it varies elsewhere; a hard cut does).
+
+    SRTN is not a local operator: its GroupNorm (SRU), global pooling (CRU) and row/column pooling (EMA)
+    see a whole tile, so tiles cannot reproduce one pass exactly, whatever the blending. How much that
+    shows depends on the variant (measured here, regions 256/512, tiles 128/256, overlap 16-64, 2 seeds):
+    trained with the bicubic skip, as here and in `make demo`, 55-58 dB; the published layout without the
+    skip, 33-38 dB trained and 39-42 dB untrained (the normalisations carry the whole output there).
+    Larger tiles help the latter (tile 256: 37-38.5 dB against 32-34 dB at 128 on a 512 region).
     """
     region = (128, 512, 256, 256)
     common = {"slide": slide, "region": ",".join(map(str, region)), "compression": "lossless"}
@@ -272,7 +298,7 @@ def test_srtn_from_registry_blends_without_seams(slide, store, tmp_path):
     ref = _forward(model, _region_lr(slide, region)).astype(np.float64)
     got = tifffile.imread(out, key=0).astype(np.float64)
     print(f"SRTN stitched vs one pass: {_psnr(got, ref):.2f} dB")
-    assert _psnr(got, ref) >= 38
+    assert _psnr(got, ref) >= 40
     plan = TilePlan.build(level=0, downsample=1, origin=(0, 0), width=256, height=256, tile_size=128, overlap=16,
                           scale=SCALE)  # fmt: skip
     seam, elsewhere = _seam_steps(got - ref, plan)
