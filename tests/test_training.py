@@ -158,6 +158,7 @@ def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_se
         ("optim.epoch=3", "optim.epoch"),
         ("data.scale=5", "data"),
         ("model.kwargs.n_featz=8", "model"),
+        ("scaling.placement_strategy=EVERYWHERE", "scaling.placement_strategy"),
     ],
 )
 def test_bad_config_fails_naming_the_key(override, key, shards, tmp_path):
@@ -165,6 +166,16 @@ def test_bad_config_fails_naming_the_key(override, key, shards, tmp_path):
         tiny(shards, tmp_path, override)
     assert info.value.key == key
     assert override.split("=")[0].split(".")[-1] in str(info.value)
+
+
+def test_scaling_section_reaches_the_trainer(shards, tmp_path):
+    """Workers, resources and placement come from `scaling` (SPREAD: one worker per node on a cluster)."""
+    from srtn.training import build_trainer
+
+    cfg = tiny(shards, tmp_path, "scaling.placement_strategy=SPREAD", "scaling.num_workers=4")
+    trainer = build_trainer(cfg, run_name="x", mlflow_run_id="0" * 32, tracking_uri="sqlite:///x.db", datasets={})
+    sc = trainer.scaling_config
+    assert (sc.num_workers, sc.placement_strategy, sc.resources_per_worker) == (4, "SPREAD", {"CPU": 0.5})
 
 
 def test_unreachable_tracking_server_fails_before_any_ray_work(shards, tmp_path, monkeypatch):

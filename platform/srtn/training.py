@@ -150,7 +150,12 @@ def build_trainer(
             "mlflow_run_id": mlflow_run_id,
             "run_dir": storage.join(storage_uri, run_name),
         },
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=s.placement_strategy,
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=fs_path,

@@ -102,6 +102,9 @@ class ScalingConfig(StrictModel):
     gpus_per_worker: float = Field(1.0, gt=0, description="used only when use_gpu")
     data_cpus: float = Field(0.25, gt=0, description="CPUs per Ray Data read/decode task")
     data_concurrency: int | None = Field(2, ge=1, description="max Ray Data decode tasks at once; null: no cap")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement of the workers: PACK fills a node first; SPREAD puts them on distinct nodes"
+    )
 
 
 class RunConfig(StrictModel):
