@@ -293,22 +293,19 @@ def patient_dataset(
     config: BreakHisConfig, units: Sequence[PatientUnit], extra: Mapping[str, list[str]]
 ) -> list[dict[str, Any]]:
     """Run `process_patient` over `units` with Ray Data, one task per patient; returns the records."""
-    import ray
+    from srtn.per_item import map_items
 
-    from srtn.runtime import init_ray
-
-    init_ray()
     # biggest patients first: the last tasks to start are small ones, so the CPUs finish together
     units = sorted(units, key=lambda u: -len(u.hr) * max(1, len(u.lr)))
     items = [{"unit": json.dumps(u.to_dict())} for u in units]  # JSON: nested lists stay plain lists
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map(
+    rows = map_items(
         _process_row,
+        items,
         fn_kwargs={"config": config, "extra": dict(extra)},
         num_cpus=config.execution.num_cpus_per_task,
         concurrency=config.execution.concurrency,
     )
-    return [json.loads(r["record"]) for r in ds.iter_rows()]
+    return [json.loads(r["record"]) for r in rows]
 
 
 def finish_manifest(

@@ -79,19 +79,15 @@ def process_slide(item: dict[str, Any], *, cfg: TileConfig, group: str) -> dict[
 
 def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> list[dict[str, Any]]:
     """Run `process_slide` over `todo` with Ray Data, one task per slide; returns the records."""
-    import ray
+    from srtn.per_item import map_items
 
-    from srtn.runtime import init_ray
-
-    init_ray()
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, len(todo)))
-    ds = ds.map(
+    return map_items(
         process_slide,
+        todo,
         fn_kwargs={"cfg": cfg, "group": group},
         num_cpus=cfg.execution.num_cpus_per_task,
         concurrency=cfg.execution.concurrency,
     )
-    return list(ds.iter_rows())
 
 
 def run_tiling(cfg: TileConfig) -> int:
