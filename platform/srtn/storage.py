@@ -14,10 +14,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow.fs as pafs
 
 __all__ = [
+    "atomic_output",
     "is_remote",
     "resolve",
     "join",
@@ -79,17 +81,30 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file so readers never see half of it (temp file + rename locally; S3 puts are atomic)."""
+@contextlib.contextmanager
+def atomic_output(uri: str) -> Iterator[Any]:
+    """A writable binary file that appears at `uri` whole or not at all: locally a temp file renamed on
+    success (removed on error); on S3 an upload, which only becomes visible when complete. Writers stream
+    into it, so a shard is never held twice in memory."""
     fs, path = resolve(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            yield f
         return
-    with fs.open_output_stream(path) as f:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file so readers never see half of it (see `atomic_output`)."""
+    with atomic_output(uri) as f:
         f.write(data)
 
 
