@@ -74,12 +74,15 @@ def _trained_srtn(slide: str, steps: int = 200) -> torch.nn.Module:
     hr_area = _region_lr(slide, (0, 1024, 1024, 1024))
     rng = np.random.default_rng(0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def to_tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
+
     for _ in range(steps):
         ys, xs = rng.integers(0, 1024 - 96, size=(2, 8))
         hr = np.stack([hr_area[y : y + 96, x : x + 96] for y, x in zip(ys, xs)])
         lr = np.stack([downsample(np.ascontiguousarray(h), SCALE, "lanczos") for h in hr])
-        to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
-        loss = torch.nn.functional.mse_loss(model(to_t(lr)), to_t(hr))
+        loss = torch.nn.functional.mse_loss(model(to_tensor(lr)), to_tensor(hr))
         opt.zero_grad()
         loss.backward()
         opt.step()

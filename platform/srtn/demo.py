@@ -38,7 +38,7 @@ def _step(title: str) -> float:
 
 def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     """Run every stage; returns 0 when all stages succeeded."""
-    from srtn.config.evaluate import EvaluateConfig
+    from srtn.config.evaluate import BICUBIC, EvaluateConfig
     from srtn.config.tile import TileConfig
     from srtn.config.train import TrainConfig
     from srtn.evaluation import evaluate
@@ -94,7 +94,7 @@ def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     print(report.markdown)
     psnr = report.table.set_index("model")["psnr"]
     for name in outcomes:
-        gain = psnr[name] - psnr["bicubic"]
+        gain = psnr[name] - psnr[BICUBIC]
         print(f"{name} vs bicubic on test PSNR: {gain:+.2f} dB ({'beats' if gain > 0 else 'does NOT beat'} bicubic)")
     print(f"done in {time.perf_counter() - t:.0f} s")
     uri = report.tracking_uri

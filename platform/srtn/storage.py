@@ -8,6 +8,7 @@ so remote slides are staged to a task's local disk by `stage_local` and removed 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -83,13 +84,16 @@ def read_bytes(uri: str) -> bytes:
 
 @contextlib.contextmanager
 def atomic_output(uri: str) -> Iterator[Any]:
-    """A writable binary file that appears at `uri` whole or not at all: locally a temp file renamed on
-    success (removed on error); on S3 an upload, which only becomes visible when complete. Writers stream
-    into it, so a shard is never held twice in memory."""
+    """A writable binary file that appears at `uri` whole or not at all. Locally a temp file, renamed on
+    success and removed on error, so writers stream into it and a shard is never held twice in memory.
+    Remotely an in-memory buffer uploaded in one put on success: closing an S3 output stream completes
+    the upload even when the writer failed half way, which would publish a truncated file."""
     fs, path = resolve(uri)
     if not isinstance(fs, pafs.LocalFileSystem):
+        buf = io.BytesIO()
+        yield buf
         with fs.open_output_stream(path) as f:
-            yield f
+            f.write(buf.getvalue())
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"

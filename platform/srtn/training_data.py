@@ -100,6 +100,13 @@ def _decode_pair(hr_png: bytes, lr_png: bytes | None, scale: int, tile: Any) -> 
     return hr, lr
 
 
+def _decoded_pairs(batch: Mapping[str, Any], scale: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(HR, LR) uint8 arrays of every row of a batch of PNG bytes, checked to be x`scale` apart."""
+    ids = batch.get("tile_id", [None] * len(batch["hr"]))
+    for hr_png, lr_png, tile in zip(batch["hr"], batch[lr_column(scale)], ids):
+        yield _decode_pair(hr_png, lr_png, scale, tile)
+
+
 def _stack(images: list[np.ndarray], what: str) -> np.ndarray:
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -130,11 +137,8 @@ def decode_train_batch(
 ) -> dict[str, np.ndarray]:
     """A numpy batch of rows (`hr`, `lr_x<scale>` PNG bytes) -> `{"lr", "hr"}` float32 NCHW patches."""
     rng = np.random.default_rng(seed)
-    col = lr_column(scale)
-    ids = batch.get("tile_id", [None] * len(batch["hr"]))
     lrs, hrs = [], []
-    for hr_png, lr_png, tile in zip(batch["hr"], batch[col], ids):
-        hr, lr = _decode_pair(hr_png, lr_png, scale, tile)
+    for hr, lr in _decoded_pairs(batch, scale):
         if patch_size:
             hr, lr = aligned_crop(hr, lr, scale, patch_size, rng)
         hr, lr = augment_pair(hr, lr, rng, flips=flips, rot90=rot90)
@@ -147,11 +151,8 @@ def decode_eval_batch(
     batch: Mapping[str, Any], *, scale: int, crop: int | None = None, keep_meta: bool = False
 ) -> dict[str, np.ndarray]:
     """Like `decode_train_batch` for validation/evaluation: whole tiles or centre crops, no randomness."""
-    col = lr_column(scale)
-    ids = batch.get("tile_id", [None] * len(batch["hr"]))
     lrs, hrs = [], []
-    for hr_png, lr_png, tile in zip(batch["hr"], batch[col], ids):
-        hr, lr = _decode_pair(hr_png, lr_png, scale, tile)
+    for hr, lr in _decoded_pairs(batch, scale):
         if crop:
             hr, lr = centre_crop(hr, lr, scale, crop)
         hrs.append(hr)
@@ -163,26 +164,27 @@ def decode_eval_batch(
 
 
 def _check_scale_present(files: list[str], scale: int) -> None:
-    """Fail before Ray Train starts when the shards hold no LR images at this scale (Parquet stats only)."""
+    """Fail before Ray Train starts when the shards hold no LR images at this scale (from the Parquet null
+    counts; from the column itself when a file was written without statistics)."""
     import pyarrow.parquet as pq
 
     col = lr_column(scale)
     fs, path = storage.resolve(files[0])
     with fs.open_input_file(path) as f:
-        meta = pq.ParquetFile(f).metadata
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if col not in names:
-        raise ConfigError(f"shards {files[0]} have no column {col}", key="data.scale")
-    idx = names.index(col)
-    for rg in range(meta.num_row_groups):
-        stats = meta.row_group(rg).column(idx).statistics
-        if stats is None or not stats.has_null_count:  # written without statistics: read the column itself
-            with fs.open_input_file(path) as f:
-                if pq.read_table(f, columns=[col]).column(col).null_count < meta.num_rows:
-                    return
-            break
-        if stats.null_count < meta.row_group(rg).num_rows:
-            return
+        parquet = pq.ParquetFile(f)
+        meta = parquet.metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if col not in names:
+            raise ConfigError(f"shards {files[0]} have no column {col}", key="data.scale")
+        idx = names.index(col)
+        groups = [meta.row_group(rg) for rg in range(meta.num_row_groups)]
+        stats = [g.column(idx).statistics for g in groups]
+        if all(st is not None and st.has_null_count for st in stats):
+            present = any(st.null_count < g.num_rows for st, g in zip(stats, groups))
+        else:  # written without statistics: read the column itself
+            present = parquet.read(columns=[col]).column(col).null_count < meta.num_rows
+    if present:
+        return
     raise ConfigError(
         f"shards {files[0]} hold no {col} images: they were tiled without scale {scale} (lr.scales)",
         key="data.scale",
