@@ -96,7 +96,9 @@ def test_asha_sweep_killed_after_first_trial_resumes_without_rerunning_it(ray_se
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 420
-        while "TERMINATED" not in trial_states(sweep_dir).values():
+        # Kill once the saved state has the first trial TERMINATED *and* the second trial: Tune creates grid
+        # trials lazily, so a state saved right as the first one ends may not list the second yet.
+        while not ("TERMINATED" in (states := trial_states(sweep_dir)).values() and len(states) == 2):
             tail = (tmp_path / "first.log").read_text()[-4000:]
             assert proc.poll() is None, tail
             assert time.monotonic() < deadline, f"no trial finished in time:\n{tail}"
