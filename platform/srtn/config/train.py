@@ -92,7 +92,10 @@ class OptimConfig(StrictModel):
     grad_clip: float = Field(0.0, ge=0, description="max global gradient norm; 0: off")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights (e.g. 0.999); 0: off")
     bf16: bool = Field(False, description="bfloat16 autocast for forward and loss")
-    channels_last: bool = Field(False, description="channels_last memory format (faster convs on GPUs)")
+    # On by default: measured on CPU (oneDNN, 2 threads) train steps 1.32x faster for SRTN 32x4, 1.17x EDSR,
+    # 1.19x SRCNN, never slower (README, Performance: Training); PyTorch recommends it for convnets on GPUs
+    # under AMP. Checkpoints and logged models are loaded into contiguous models, so it stays internal.
+    channels_last: bool = Field(True, description="channels_last memory format (faster convs on CPUs and GPUs)")
 
 
 class ScalingConfig(StrictModel):
