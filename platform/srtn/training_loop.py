@@ -86,10 +86,10 @@ class _ValBatches:
 
 class _EpochBatches:
     """One epoch's train batches, the first requested at once in a thread. Created as the previous epoch's
-    last step ends, Ray Data's per-epoch start (a new execution of the pipeline: 0.5-1.2 s here) overlaps
+    last step ends, Ray Data's per-epoch start (a new execution of the pipeline: 0.6-1.6 s here) overlaps
     that epoch's validation and checkpoint instead of delaying this one's first step. With several
     workers each one starts its next epoch this way, so Ray Data's epoch barrier is met while rank 0
-    validates; the threads never block the training thread."""
+    validates; the training thread waits only if that first batch is still not there when it asks."""
 
     def __init__(self, train_iter: Any, **iter_kwargs: Any) -> None:
         self._batches = iter(train_iter.iter_torch_batches(**iter_kwargs))
