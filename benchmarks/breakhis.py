@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 
 import cv2
 
-from srtn.breakhis import finish_manifest, process_patient, run_breakhis
-from srtn.breakhis_index import index_tree
-from srtn.breakhis_pairs import Match, best_match
 from srtn.config.base import load_config
 from srtn.config.breakhis import BreakHisConfig
-from srtn.manifest import read_manifest, write_manifest
+from srtn.data.breakhis.index import index_tree
+from srtn.data.breakhis.job import finish_manifest, run_breakhis
+from srtn.data.breakhis.pairs import Match, best_match
+from srtn.data.breakhis.patient import process_patient
+from srtn.data.manifest import read_manifest, write_manifest
+from srtn.data.schema import decode_png
 from srtn.runtime import init_ray
-from srtn.schema import decode_png
 from srtn.synth.breakhis import write_breakhis_tree
 
 YAML = Path(__file__).resolve().parents[1] / "configs" / "data" / "breakhis.yaml"

@@ -56,8 +56,8 @@ def _raw_forward(model, slide: str, region: tuple[int, int, int, int], args, dev
     """Seconds of the model's forward over the pipeline's tiles (read beforehand), batch by batch."""
     import torch
 
-    from srtn.blending import TilePlan
-    from srtn.slides import open_slide, read_rgb
+    from srtn.data.slides import open_slide, read_rgb
+    from srtn.infer.blending import TilePlan
 
     plan = TilePlan.build(
         level=0, downsample=1.0, origin=region[:2], width=region[2], height=region[3],
@@ -82,7 +82,7 @@ def _raw_forward(model, slide: str, region: tuple[int, int, int, int], args, dev
 
 
 def _pipeline(model, slide: str, region: tuple[int, int, int, int], args, out: Path, **kw) -> float:
-    from srtn.inference import predict_slide
+    from srtn.infer.predict import predict_slide
 
     summary = predict_slide(
         model="runs:/benchmark/srtn", sr_model=model, slide=slide, out=str(out), region=",".join(map(str, region)),

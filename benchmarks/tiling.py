@@ -1,9 +1,9 @@
 """`srtn tile` against the original serial script and ratiopath's Ray Data pipeline, on the same slides.
 
 What runs (every pipeline in its own subprocess, on the same cached synthetic TCGA-style slides, doing the
-same work with the same functions -- srtn's own quality filter `srtn.tiles.rejection_reason` (gray std > 30,
-<= 40% near-white > 200, <= 40% near-black < 55), LR `srtn.tiles.downsample` (Pillow Lanczos, x4 and x8)
-and PNG encoder `srtn.schema.encode_png` -- keeping up to 100 tiles per slide):
+same work with the same functions -- srtn's own quality filter `srtn.data.quality.rejection_reason` (gray std > 30,
+<= 40% near-white > 200, <= 40% near-black < 55), LR `srtn.data.quality.downsample` (Pillow Lanczos, x4 and x8)
+and PNG encoder `srtn.data.schema.encode_png` -- keeping up to 100 tiles per slide):
 
   srtn       `run_tiling` with configs/data/tcga_kirc.yaml (input/output overridden), Ray local with
              2 CPUs started and warmed (one trivial task per CPU) BEFORE the timer; fresh output dir.
@@ -67,14 +67,15 @@ GOAL_SPEEDUP, GOAL_DECODES, GOAL_MEMORY = 4.0, 2.0, 1.25
 def tile_functions() -> tuple[Any, Any, Any]:
     """srtn's own quality filter, LR downsample and PNG encoder, so all three pipelines do the same work.
 
-    `srtn.tiles` and `srtn.schema` need only numpy, OpenCV, Pillow and pyarrow, which the ratiopath venv
+    `srtn.data.quality` and `srtn.data.schema` need only numpy, OpenCV, Pillow and pyarrow, which the ratiopath venv
     has too; the filter thresholds are `QualityThresholds()`'s defaults, which `main` checks equal the
     config's.
     """
     if str(PLATFORM) not in sys.path:
         sys.path.insert(0, str(PLATFORM))
-    from srtn.schema import encode_png
-    from srtn.tiles import QualityThresholds, downsample, rejection_reason
+    from srtn.data.quality import downsample, rejection_reason
+    from srtn.data.schema import encode_png
+    from srtn.vocab import QualityThresholds
 
     thresholds = QualityThresholds()
 
@@ -186,7 +187,7 @@ def worker_srtn(args: argparse.Namespace) -> None:
     """`srtn tile` with the default config; Ray started and warmed before the timer."""
     from srtn.config.base import load_config
     from srtn.config.tile import TileConfig
-    from srtn.tiling_job import run_tiling
+    from srtn.data.tile_job import run_tiling
 
     cfg = load_config(TileConfig, CONFIG, [f"input={args.input}", f"output={args.output}"])
     ray_s = start_ray(args.cpus)
@@ -216,7 +217,7 @@ def worker_serial(args: argparse.Namespace) -> None:
 
     import openslide
 
-    from srtn.slides import read_rgb
+    from srtn.data.slides import read_rgb
 
     passes, lanczos, encode_png = tile_functions()
     paths = sorted(p for p in Path(args.input).iterdir() if p.suffix in (".svs", ".tiff"))
@@ -337,11 +338,13 @@ def profile_srtn(paths: list[Path], out: Path) -> list[tuple[str, float]]:
     import cProfile
     import pstats
 
-    from srtn import shards, slides, tiles, tiling
     from srtn.config.base import load_config
     from srtn.config.tile import TileConfig
-    from srtn.schema import encode_png as srtn_png
-    from srtn.tiling_job import process_slide
+    from srtn.data import quality as tiles
+    from srtn.data import shards, slides
+    from srtn.data import tile_slide as tiling
+    from srtn.data.schema import encode_png as srtn_png
+    from srtn.data.tile_job import process_slide
 
     cfg = load_config(TileConfig, CONFIG, [f"input={paths[0].parent}", f"output={out}"])
     items = [{"uri": str(p), "source_id": tiling.source_id_for(str(p))} for p in paths]
@@ -374,7 +377,7 @@ def profile_srtn(paths: list[Path], out: Path) -> list[tuple[str, float]]:
         ("level-0 tile reads (OpenSlide read_region)", cum(slides.read_rgb, tiling._tile_open_slide)),
         ("quality filters", cum(tiles.rejection_reason)),
         ("LR downsample x4, x8 (Pillow Lanczos)", cum(tiles.downsample)),
-        ("PNG encode HR + LR (srtn.schema.encode_png)", cum(srtn_png)),
+        ("PNG encode HR + LR (srtn.data.schema.encode_png)", cum(srtn_png)),
         ("Parquet shard write (rows -> Arrow -> zstd -> file)", cum(shards.write_source_shards)),
     ]
     phases.append(("other (open slide, candidate list, rows, status)", total - sum(s for _, s in phases)))
@@ -481,7 +484,7 @@ def _check_config() -> None:
     """The serial and ratiopath pipelines copy these settings of the config srtn runs with."""
     from srtn.config.base import load_config
     from srtn.config.tile import TileConfig
-    from srtn.tiles import QualityThresholds
+    from srtn.vocab import QualityThresholds
 
     cfg = load_config(TileConfig, CONFIG, ["input=x", "output=x"])
     same = (
@@ -579,6 +582,46 @@ def _ok(r: dict[str, Any]) -> bool:
     return "failed" not in r
 
 
+def _speedup_goals(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+    """Goal rows (a): srtn against each baseline, on wall clock and as a load-independent CPU estimate."""
+    goals: list[list[str]] = []
+    for name in ("serial", "ratiopath"):
+        label = f"(a) srtn slides/min vs {name}"
+        pairs = [(s, b) for s, b in zip(results["srtn"], results.get(name, [])) if _ok(s) and _ok(b)]
+        if name not in results:
+            goals.append([label, "skipped", f">= {GOAL_SPEEDUP:g}x", "n/a"])
+            continue
+        if not pairs:
+            goals.append([label, "failed to run", f">= {GOAL_SPEEDUP:g}x", "n/a"])
+            continue
+        ratios = [s["spm"] / b["spm"] for s, b in pairs]  # runs of the same round
+        v = statistics.median(ratios)
+        shown = f"{v:.2f}x" + (f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
+        if min(ratios) >= GOAL_SPEEDUP:
+            verdict = "PASS"
+        elif max(ratios) < GOAL_SPEEDUP:
+            verdict = "FAIL"
+        else:
+            verdict = f"NOISY (median {'PASS' if v >= GOAL_SPEEDUP else 'FAIL'})"
+        goals.append([label + ", wall clock", shown, f">= {GOAL_SPEEDUP:g}x", verdict])
+        # Load-independent estimate: each pipeline's CPU-s/slide spread over the CPUs it can use
+        # (serial: 1, Ray pipelines: --cpus), i.e. the speed-up on an otherwise idle machine if both kept
+        # their CPUs busy; optimistic for srtn against serial (Ray never reaches 100%).
+        par = 1 if name == "serial" else args.cpus
+        s_cpu = statistics.median([s["cpu_s"] / s["slides"] for s, _ in pairs])
+        b_cpu = statistics.median([b["cpu_s"] / b["slides"] for _, b in pairs])
+        est = (b_cpu / par) / (s_cpu / args.cpus)
+        goals.append(
+            [
+                f"{label}, CPU-based estimate for {args.cpus} idle CPUs",
+                f"{est:.2f}x",
+                f">= {GOAL_SPEEDUP:g}x",
+                "PASS" if est >= GOAL_SPEEDUP else "FAIL",
+            ]
+        )
+    return goals
+
+
 def _report(
     args: argparse.Namespace,
     results: dict[str, list[dict[str, Any]]],
@@ -645,41 +688,7 @@ def _report(
         f"({os.cpu_count()} CPUs here).\n"
     )
 
-    goals = []
-    for name in ("serial", "ratiopath"):
-        label = f"(a) srtn slides/min vs {name}"
-        pairs = [(s, b) for s, b in zip(results["srtn"], results.get(name, [])) if _ok(s) and _ok(b)]
-        if name not in results:
-            goals.append([label, "skipped", f">= {GOAL_SPEEDUP:g}x", "n/a"])
-            continue
-        if not pairs:
-            goals.append([label, "failed to run", f">= {GOAL_SPEEDUP:g}x", "n/a"])
-            continue
-        ratios = [s["spm"] / b["spm"] for s, b in pairs]  # runs of the same round
-        v = statistics.median(ratios)
-        shown = f"{v:.2f}x" + (f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
-        if min(ratios) >= GOAL_SPEEDUP:
-            verdict = "PASS"
-        elif max(ratios) < GOAL_SPEEDUP:
-            verdict = "FAIL"
-        else:
-            verdict = f"NOISY (median {'PASS' if v >= GOAL_SPEEDUP else 'FAIL'})"
-        goals.append([label + ", wall clock", shown, f">= {GOAL_SPEEDUP:g}x", verdict])
-        # Load-independent estimate: each pipeline's CPU-s/slide spread over the CPUs it can use
-        # (serial: 1, Ray pipelines: --cpus), i.e. the speed-up on an otherwise idle machine if both kept
-        # their CPUs busy; optimistic for srtn against serial (Ray never reaches 100%).
-        par = 1 if name == "serial" else args.cpus
-        s_cpu = statistics.median([s["cpu_s"] / s["slides"] for s, _ in pairs])
-        b_cpu = statistics.median([b["cpu_s"] / b["slides"] for _, b in pairs])
-        est = (b_cpu / par) / (s_cpu / args.cpus)
-        goals.append(
-            [
-                f"{label}, CPU-based estimate for {args.cpus} idle CPUs",
-                f"{est:.2f}x",
-                f">= {GOAL_SPEEDUP:g}x",
-                "PASS" if est >= GOAL_SPEEDUP else "FAIL",
-            ]
-        )
+    goals = _speedup_goals(args, results)
     if srtn_ok:
         r = srtn_ok[0]
         v = r["decoded"] / max(1, r["kept"])

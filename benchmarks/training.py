@@ -3,16 +3,19 @@
 Both train the same model with the same global batch, optimiser and LR patches of the same synthetic tile
 shards, with the same number of torch threads (`--cpus`, default 2) and the same memory format
 (`--memory-format`, default channels_last as `optim.channels_last`; batches arrive NCHW-contiguous and are
-converted in the step, as `srtn.training_loop` does):
+converted in the step). Every loop runs the same step, `srtn.train.step.train_step` with the optimiser
+built from the same `optim` settings (`build_trainables`): the Ray loop (`srtn.train.loop`) calls it
+per batch as the plain loops do. That module imports no Ray, so the plain loops also run where Ray is
+not installed.
 
 - plain, in memory: every train tile decoded into memory once, then per step the same aligned random crop
-  and flips (`srtn.training_data.aligned_crop` / `augment_pair`) and a float conversion in the loop: an
+  and flips (`srtn.train.augment.aligned_crop` / `augment_pair`) and a float conversion in the loop: an
   upper bound (no PNG decoding while training, no framework).
 - plain, per batch: the PNG bytes in memory, decoded per batch by the pipeline's own
   `decode_train_batch` in the training process (what a DataLoader without workers does).
   Both plain loops run in a subprocess with `OMP_NUM_THREADS` set as Ray sets it for a worker and at Ray's
   worker niceness (15), so all loops get the same threading and CPU priority against other processes.
-- Ray Train: `srtn.training.fit` as `srtn train` runs it (1 worker with `--cpus` CPUs, so torch gets
+- Ray Train: `srtn.train.fit.fit` as `srtn train` runs it (1 worker with `--cpus` CPUs, so torch gets
   the same threads; PNG decoding, crops and flips in Ray Data tasks that share the same cores;
   validation, checkpoints and MLflow every epoch). Ray is started with one more *logical* CPU than
   the worker takes, so its data tasks can be scheduled: they still run on the same physical cores.
@@ -102,6 +105,12 @@ def plain_subprocess(argv: list[str], shards: str, threads: int, *, decode: bool
     return [tuple(e) for e in json.loads(line[len(RESULT_MARKER) :])]
 
 
+def optim_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The `optim` block of every loop: the recipe's defaults (MSE, Adam, lr 1e-3) with this batch, these
+    epochs and this memory format."""
+    return {"batch_size": args.batch, "epochs": args.epochs, "channels_last": args.memory_format == "channels_last"}
+
+
 def _nchw(images: list) -> torch.Tensor:
     """NHWC uint8 images -> an NCHW-contiguous float batch in [0, 1], as the pipeline's `decode_train_batch`
     yields it. (A plain `.transpose().astype()` keeps NHWC strides: a channels_last batch in disguise, which
@@ -117,21 +126,21 @@ def plain_loop(args: argparse.Namespace, shards: str) -> list[tuple[float, float
     with `--plain-decode` kept as PNG bytes and decoded per batch by the pipeline's own function."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
+    from srtn.config.train import OptimConfig
+    from srtn.data.schema import decode_png
+    from srtn.data.shards import read_split_table
     from srtn.models import build_model
-    from srtn.schema import decode_png
-    from srtn.shards import read_split_table
-    from srtn.training_data import aligned_crop, augment_pair, decode_train_batch
+    from srtn.train.augment import aligned_crop, augment_pair, decode_train_batch
+    from srtn.train.step import build_trainables, train_step
 
     scale = 4
     table = read_split_table(shards, "train", columns=["hr", "lr_x4"])
     pngs = list(zip(table["hr"].to_pylist(), table["lr_x4"].to_pylist()))
     tiles = [] if args.plain_decode else [(decode_png(h), decode_png(lr)) for h, lr in pngs]
-    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_model(args.model, scale, n_feats=args.n_feats, n_blocks=args.n_blocks).to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    net = build_model(args.model, scale, n_feats=args.n_feats, n_blocks=args.n_blocks)
+    trainables = build_trainables(net, OptimConfig(**optim_settings(args)))  # in the memory format, Adam
     rng = np.random.default_rng(0)
     out = []
     for _ in range(args.epochs):
@@ -150,24 +159,20 @@ def plain_loop(args: argparse.Namespace, shards: str) -> list[tuple[float, float
                 pairs = [augment_pair(*aligned_crop(*tiles[k], scale, args.patch, rng), rng) for k in idx]
                 hr_t, lr_t = (_nchw([p[i] for p in pairs]) for i in (0, 1))
             wait += time.perf_counter() - tw
-            # as the Ray loop: NCHW-contiguous batches put in the model's memory format in the step
-            lr_t, hr_t = lr_t.contiguous(memory_format=fmt), hr_t.contiguous(memory_format=fmt)
-            loss = F.mse_loss(model(lr_t), hr_t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            # the Ray loop's step: NCHW-contiguous batches put in the model's memory format, forward, loss, step
+            train_step(trainables, {"lr": lr_t, "hr": hr_t})
         dt = time.perf_counter() - t0
         out.append((len(order) / dt, wait / dt))
     return out
 
 
 def ray_train(args: argparse.Namespace, shards: str, work: str) -> tuple[list[tuple[float, float]], float]:
-    """(samples/s, data wait share) per epoch of `srtn.training.fit`, and its end-to-end seconds."""
+    """(samples/s, data wait share) per epoch of `srtn.train.fit.fit`, and its end-to-end seconds."""
     import ray
 
     from srtn.config.base import load_config
     from srtn.config.train import TrainConfig
-    from srtn.training import fit
+    from srtn.train.fit import fit
 
     ray.init(num_cpus=args.cpus + 1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     cfg = load_config(
@@ -181,11 +186,7 @@ def ray_train(args: argparse.Namespace, shards: str, work: str) -> tuple[list[tu
                 "shuffle_buffer": args.shuffle_buffer,
             },
             "model": {"name": args.model, "kwargs": {"n_feats": args.n_feats, "n_blocks": args.n_blocks}},
-            "optim": {
-                "batch_size": args.batch,
-                "epochs": args.epochs,
-                "channels_last": args.memory_format == "channels_last",
-            },
+            "optim": optim_settings(args),
             "scaling": {"num_workers": 1, "cpus_per_worker": args.cpus, "data_cpus": 0.25, "data_concurrency": 2},
             "run": {"name": "bench", "storage_path": f"{work}/ray", "log_images_every": 0, "max_failures": 0},
             "tracking": {"uri": f"sqlite:///{work}/mlflow.db"},

@@ -34,8 +34,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 # Set in a process only by the cluster, the jobs and the servers of these tests, never inherited from the shell.
-_SCRUBBED_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-                 "PYTHONPATH", "MLFLOW_TRACKING_URI")
+_SCRUBBED_ENV = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "PYTHONPATH",
+    "MLFLOW_TRACKING_URI",
+)
 
 
 def free_port() -> int:
@@ -130,7 +137,11 @@ def bare_python(dest: Path) -> Path:
     python = dest / "bin" / "python"
     probe = subprocess.run(
         [str(python), "-c", "import importlib.util as u, ray, torch; print(u.find_spec('srtn') is None)"],
-        capture_output=True, text=True, timeout=300, env=base_env(), cwd=str(dest),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=base_env(),
+        cwd=str(dest),
     )
     if probe.returncode != 0 or probe.stdout.strip() != "True":
         raise RuntimeError(f"bare Python at {dest} is unusable or still imports srtn: {probe.stdout}{probe.stderr}")
@@ -278,21 +289,35 @@ class LocalCluster:
         return [str(self.python), "-m", "ray.scripts.scripts", *args]
 
     def _start_node(self, args: list[str], name: str) -> subprocess.Popen[Any]:
-        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+        ports = [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ]
         cmd = self._ray(
-            "start", "--block", "--disable-usage-stats", "--temp-dir", os.path.join(self.temp_dir, name),
-            "--object-store-memory", str(200 * 1024 * 1024), *args,
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            "--temp-dir",
+            os.path.join(self.temp_dir, name),
+            "--object-store-memory",
+            str(200 * 1024 * 1024),
+            *args,
             *[a for p in ports for a in (p, str(free_port()))],
         )
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.temp_dir,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.temp_dir, start_new_session=True
+            )
         self.nodes.append(proc)
         return proc
 
-    def _start_with_retries(self, args: list[str], name: str, ready: Callable[[], bool], *, timeout: float,
-                            attempts: int = 3) -> None:
+    def _start_with_retries(
+        self, args: list[str], name: str, ready: Callable[[], bool], *, timeout: float, attempts: int = 3
+    ) -> None:
         """`ray start` gives a node's raylet 30 s to register with the GCS (hard-coded in Ray); a heavily loaded
         machine can miss that. Then whatever that attempt left running is killed and the node started again."""
         for attempt in range(1, attempts + 1):
@@ -315,19 +340,34 @@ class LocalCluster:
                     raise
 
     def start_head(self, *, num_cpus: float, timeout: float = 240) -> None:
-        args = ["--head", "--num-cpus", str(num_cpus), "--port", str(self.gcs_port), "--include-dashboard", "true",
-                "--dashboard-host", LOOPBACK, "--dashboard-port", str(self.dashboard_port),
-                "--ray-client-server-port", str(free_port())]
+        args = [
+            "--head",
+            "--num-cpus",
+            str(num_cpus),
+            "--port",
+            str(self.gcs_port),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            LOOPBACK,
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+        ]
         self._start_with_retries(args, "head", lambda: self.alive_nodes() >= 1, timeout=timeout)
         # the job API answers once the dashboard's job module is up
-        wait_for(lambda: self.ray_cli("job", "list", "--address", self.dashboard_url, timeout=60).returncode == 0,
-                 timeout=timeout, what="Ray job API", interval=2)
+        wait_for(
+            lambda: self.ray_cli("job", "list", "--address", self.dashboard_url, timeout=60).returncode == 0,
+            timeout=timeout,
+            what="Ray job API",
+            interval=2,
+        )
 
     def add_node(self, *, num_cpus: float, timeout: float = 240) -> None:
         before = self.alive_nodes()
         args = ["--address", self.gcs_address, "--num-cpus", str(num_cpus)]
-        self._start_with_retries(args, f"node{len(self.nodes)}", lambda: self.alive_nodes() > before,
-                                 timeout=timeout)
+        self._start_with_retries(args, f"node{len(self.nodes)}", lambda: self.alive_nodes() > before, timeout=timeout)
 
     def alive_nodes(self) -> int:
         """Alive nodes, from the dashboard's state API (HTTP with the token: no Ray connection here)."""
@@ -338,10 +378,15 @@ class LocalCluster:
         rows = data.get("data", {}).get("result", {}).get("result", [])
         return sum(1 for n in rows if n.get("state") == "ALIVE")
 
-    def ray_cli(self, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
-                ) -> subprocess.CompletedProcess[str]:
+    def ray_cli(
+        self, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self._ray(*args), env=dict(env or self.client_env()), capture_output=True, text=True, timeout=timeout,
+            self._ray(*args),
+            env=dict(env or self.client_env()),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             cwd=self.temp_dir,
         )
 
@@ -356,8 +401,16 @@ class LocalCluster:
         """`ray job submit --working-dir ... -- ENTRYPOINT`, waiting for the end (it exits 1 on FAILED); a job
         still running after `timeout` seconds is stopped and reported with returncode 124."""
         sid = f"srtn-test-{os.urandom(4).hex()}"
-        args = ["job", "submit", "--address", self.dashboard_url, "--submission-id", sid,
-                "--working-dir", str(working_dir)]
+        args = [
+            "job",
+            "submit",
+            "--address",
+            self.dashboard_url,
+            "--submission-id",
+            sid,
+            "--working-dir",
+            str(working_dir),
+        ]
         if runtime_env:
             args += ["--runtime-env-json", json.dumps(dict(runtime_env))]
         t0 = time.monotonic()
@@ -370,15 +423,22 @@ class LocalCluster:
             code, out = 124, f"{partial}\n[timed out after {timeout:.0f} s; job stopped]"
         return JobRun(sid, code, out, time.monotonic() - t0)
 
-    def run_driver(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
-                   timeout: float = 600) -> JobRun:
+    def run_driver(
+        self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600
+    ) -> JobRun:
         """`python ARGS` in `cwd` with the cluster's Python as a driver that connects itself (`RAY_ADDRESS` set
         to the GCS, token in its environment), as one runs a script on a head node; `env` is added to its
         environment only, not the cluster's."""
         t0 = time.monotonic()
         try:
-            done = subprocess.run([str(self.python), *args], cwd=str(cwd), capture_output=True, text=True,
-                                  timeout=timeout, env=self.client_env(RAY_ADDRESS=self.gcs_address, **dict(env or {})))
+            done = subprocess.run(
+                [str(self.python), *args],
+                cwd=str(cwd),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self.client_env(RAY_ADDRESS=self.gcs_address, **dict(env or {})),
+            )
             code, out = done.returncode, done.stdout + done.stderr
         except subprocess.TimeoutExpired as exc:
             partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -424,8 +484,9 @@ class ServerProcess:
     def __init__(self, cmd: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path) -> None:
         self.log = log
         with open(log, "ab") as f:
-            self.proc = subprocess.Popen(list(cmd), env=dict(env), stdout=f, stderr=subprocess.STDOUT, cwd=str(cwd),
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                list(cmd), env=dict(env), stdout=f, stderr=subprocess.STDOUT, cwd=str(cwd), start_new_session=True
+            )
 
     def wait_until(self, check: Callable[[], Any], *, timeout: float, what: str) -> None:
         def ready() -> Any:
@@ -447,11 +508,23 @@ def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: floa
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", str(workdir / "artifacts"),
-           "--host", LOOPBACK, "--port", str(port), "--workers", "1",
-           "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port},{LOOPBACK},localhost"]
+    cmd = [
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        f"{LOOPBACK}:{port},localhost:{port},{LOOPBACK},localhost",
+    ]
     server = ServerProcess(cmd, log=workdir / "server.log", env=base_env(), cwd=workdir)
     uri = f"http://{LOOPBACK}:{port}"
     server.wait_until(lambda: http_ok(f"{uri}/health"), timeout=timeout, what="mlflow server")

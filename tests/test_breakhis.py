@@ -14,16 +14,18 @@ import cv2
 import numpy as np
 import pytest
 
-from srtn import shards
-from srtn.breakhis import process_patient, run_breakhis
-from srtn.breakhis_index import index_files, index_tree, parse_name
-from srtn.breakhis_pairs import copy_paste, crop_origin, crop_pair, match_template
 from srtn.config.base import load_config
 from srtn.config.breakhis import BreakHisConfig
+from srtn.data import shards
+from srtn.data.breakhis.index import index_files, index_tree, parse_name
+from srtn.data.breakhis.job import run_breakhis
+from srtn.data.breakhis.pairs import best_match, copy_paste, crop_origin, crop_pair
+from srtn.data.breakhis.patient import process_patient
+from srtn.data.manifest import read_manifest, read_status
+from srtn.data.schema import decode_png
 from srtn.errors import ConfigError
-from srtn.manifest import read_manifest, read_status
-from srtn.schema import SPLITS, decode_png
 from srtn.synth.breakhis import enlarge, he_texture, write_breakhis_tree
+from srtn.vocab import SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "configs" / "data" / "breakhis.yaml"
@@ -102,15 +104,16 @@ def test_crop_origin_is_a_multiple_of_the_scale(position: str, expected: tuple[i
     assert x % 4 == 0 and y % 4 == 0 and x + 250 <= 703 and y + 250 <= 462
 
 
-def test_match_template_finds_the_region_and_rejects_fresh_texture() -> None:
+def test_best_match_finds_the_region_and_fresh_texture_scores_low() -> None:
     rng = np.random.default_rng(7)
     lrs = [(f"lr{i}", he_texture(rng)) for i in range(3)]
     hr = enlarge(lrs[2][1][201 : 201 + 115, 333 : 333 + 175], 4, rng)
-    match = match_template(hr, lrs, lr_size=(175, 115), threshold=0.95)
+    match = best_match(hr, lrs, lr_size=(175, 115))
     assert match is not None and (match.lr_id, match.x, match.y) == ("lr2", 333, 201) and match.score >= 0.95
-    fresh = enlarge(he_texture(rng)[:115, :175], 4, rng)
-    assert match_template(fresh, lrs, lr_size=(175, 115), threshold=0.95) is None
-    assert match_template(hr, [], lr_size=(175, 115), threshold=0.95) is None
+    fresh = best_match(enlarge(he_texture(rng)[:115, :175], 4, rng), lrs, lr_size=(175, 115))
+    assert fresh is not None and fresh.score < 0.95  # found somewhere, but under the default threshold
+    assert best_match(hr, [], lr_size=(175, 115)) is None
+    assert best_match(np.full((460, 700, 3), 128, np.uint8), lrs) is None  # flat: the score is undefined
 
 
 def test_copy_paste_keeps_hr_and_lr_aligned() -> None:
@@ -255,7 +258,7 @@ def test_bad_files_are_reported_not_fatal(tree: Path, tmp_path: Path, ray_sessio
     status = {rec["source_id"]: rec["status"] for rec in manifest["sources"]}
     assert status.pop(no_lr) == "skipped" and set(status.values()) == {"done"}
     assert manifest["totals"]["problems"] == {"bad_size": 1, "malformed_name": 1, "no_lr_images": 1, "unreadable": 2}
-    assert "WARNING: 5 problem(s)" in capsys.readouterr().err
+    assert "5 problem(s)" in capsys.readouterr().err
     assert run_breakhis(config.model_copy(update={"strict": True})) == 1
 
 
@@ -279,12 +282,12 @@ def test_bad_config_key_fails_before_ray(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_a_failing_patient_is_recorded(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import srtn.breakhis
+    import srtn.data.breakhis.patient
 
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("matcher exploded")
 
-    monkeypatch.setattr(srtn.breakhis, "best_match", broken)
+    monkeypatch.setattr(srtn.data.breakhis.patient, "best_match", broken)
     unit = index_tree(str(tree)).patients[0]
     rec = process_patient(unit, _config(tree, tmp_path / "out"))
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: matcher exploded"

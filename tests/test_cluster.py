@@ -1,6 +1,6 @@
 """What the platform must show on a real cluster (issue 8), with real servers, all on this machine:
 
-1. `ray job submit --working-dir <copy of the repo>` runs `jobs/tile_slides.py` then `jobs/train.py` on a Ray
+1. `ray job submit --working-dir <copy of the repo>` runs `jobs/tile.py` then `jobs/train.py` on a Ray
    cluster started with `ray start` (token auth, dashboard, job API), and the shards and the MLflow run are
    what they must be.
 2. `s3://` in and out against an S3-compatible server (moto): slides tiled from a bucket into a bucket, and
@@ -52,10 +52,28 @@ from cluster_utils import (
 BUCKET = "srtn-cluster-test"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 # small tiles and few of them: the point is the plumbing, not the pixels
-TILE_ARGS = ["--config", "configs/data/tcga_kirc.yaml", "--set", "tiles.size=64", "--set", "max_tiles_per_slide=10",
-             "--set", "execution.num_cpus_per_task=0.5"]
-TRAIN_ARGS = ["--config", "configs/train/tiny.yaml", "--set", "optim.epochs=1", "--set", "data.limit_train=16",
-              "--set", "data.limit_val=4", "--set", "run.num_images=2"]
+TILE_ARGS = [
+    "--config",
+    "configs/data/tcga_kirc.yaml",
+    "--set",
+    "tiles.size=64",
+    "--set",
+    "max_tiles_per_slide=10",
+    "--set",
+    "execution.num_cpus_per_task=0.5",
+]
+TRAIN_ARGS = [
+    "--config",
+    "configs/train/tiny.yaml",
+    "--set",
+    "optim.epochs=1",
+    "--set",
+    "data.limit_train=16",
+    "--set",
+    "data.limit_val=4",
+    "--set",
+    "run.num_images=2",
+]
 PER_EPOCH = ("train_loss", "val_loss", "val_psnr", "val_ssim")
 
 
@@ -108,8 +126,8 @@ def _ok(run, what: str) -> None:
 
 def _check_shards(output: str) -> dict:
     """Manifest: every slide done; row counts per split equal the manifest's; all three splits present."""
-    from srtn.manifest import read_manifest
-    from srtn.shards import read_split_table
+    from srtn.data.manifest import read_manifest
+    from srtn.data.shards import read_split_table
 
     manifest = read_manifest(output)
     assert manifest["totals"]["sources"] == 4
@@ -126,9 +144,9 @@ def _check_shards(output: str) -> dict:
 
 def _check_mlflow_run(uri: str, experiment: str, run_name: str, model_name: str):
     """The run finished with per-epoch metrics and its model registered; returns (client, run)."""
-    from srtn import tracking
+    from srtn import track
 
-    c = tracking.client(uri)
+    c = track.client(uri)
     exp = c.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment} in {uri}"
     runs = c.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
@@ -149,11 +167,10 @@ def _check_mlflow_run(uri: str, experiment: str, run_name: str, model_name: str)
 
 @pytest.mark.slow
 def test_tile_and_train_jobs_run_on_a_cluster_from_the_working_dir_alone(cluster, repo, slides, work):
-    """`ray job submit` of jobs/tile_slides.py then jobs/train.py (2 workers, 1 epoch, MLflow in a SQLite file):
+    """`ray job submit` of jobs/tile.py then jobs/train.py (2 workers, 1 epoch, MLflow in a SQLite file):
     both SUCCEEDED; shards and manifest agree; the run has its metrics, its data's hash and a registered model."""
     shards = work / "shards"
-    tile = cluster.submit(["python", "jobs/tile_slides.py", *TILE_ARGS, *_sets(input=slides, output=shards)],
-                          working_dir=repo)
+    tile = cluster.submit(["python", "jobs/tile.py", *TILE_ARGS, *_sets(input=slides, output=shards)], working_dir=repo)
     _ok(tile, "tile job")
     assert cluster.job_info(tile.submission_id)["status"] == "SUCCEEDED"
     manifest = _check_shards(str(shards))
@@ -161,9 +178,19 @@ def test_tile_and_train_jobs_run_on_a_cluster_from_the_working_dir_alone(cluster
 
     uri = f"sqlite:///{work / 'mlflow-jobs' / 'mlflow.db'}"
     train = cluster.submit(
-        ["python", "jobs/train.py", *TRAIN_ARGS,
-         *_sets(data__shards=shards, data__dataset="cluster", tracking__uri=uri, run__name="cluster-tiny",
-                run__storage_path=work / "ray_results", run__registered_model_name="srtn-cluster-x4")],
+        [
+            "python",
+            "jobs/train.py",
+            *TRAIN_ARGS,
+            *_sets(
+                data__shards=shards,
+                data__dataset="cluster",
+                tracking__uri=uri,
+                run__name="cluster-tiny",
+                run__storage_path=work / "ray_results",
+                run__registered_model_name="srtn-cluster-x4",
+            ),
+        ],
         working_dir=repo,
     )
     _ok(train, "train job")
@@ -171,7 +198,7 @@ def test_tile_and_train_jobs_run_on_a_cluster_from_the_working_dir_alone(cluster
     assert info["status"] == "SUCCEEDED"
     assert "working_dir" in info["runtime_env"]
     _, run = _check_mlflow_run(uri, "srtn-cluster", "cluster-tiny", "srtn-cluster-x4")
-    from srtn.manifest import manifest_hash
+    from srtn.data.manifest import manifest_hash
 
     assert run.data.tags["srtn.shards_manifest_hash"] == manifest_hash(str(shards))
     assert "mlflow run id: " + run.info.run_id in train.output
@@ -192,16 +219,22 @@ def test_s3_slides_to_shards_to_training_against_a_local_s3_server(cluster, repo
         s3_env = {"AWS_ENDPOINT_URL": endpoint, **S3_KEYS}
         for key, value in s3_env.items():
             monkeypatch.setenv(key, value)  # for the checks below (srtn.storage in this process)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         s3.create_bucket(Bucket=BUCKET)
         for slide in sorted(slides.iterdir()):
             s3.upload_file(str(slide), BUCKET, f"slides/{slide.name}")
 
         shards = f"s3://{BUCKET}/shards"
         driver = cluster.run_driver(
-            ["jobs/tile_slides.py", *TILE_ARGS, *_sets(input=f"s3://{BUCKET}/slides", output=shards)],
-            cwd=repo, env=s3_env,
+            ["jobs/tile.py", *TILE_ARGS, *_sets(input=f"s3://{BUCKET}/slides", output=shards)],
+            cwd=repo,
+            env=s3_env,
         )
         _ok(driver, "s3 tile driver")
         manifest = _check_shards(shards)
@@ -212,9 +245,19 @@ def test_s3_slides_to_shards_to_training_against_a_local_s3_server(cluster, repo
 
         uri = f"sqlite:///{work / 'mlflow-s3' / 'mlflow.db'}"
         train = cluster.submit(
-            ["python", "jobs/train.py", *TRAIN_ARGS,
-             *_sets(data__shards=shards, data__dataset="s3", tracking__uri=uri, run__name="s3-tiny",
-                    run__storage_path=f"s3://{BUCKET}/ray_results", run__registered_model_name="srtn-s3-x4")],
+            [
+                "python",
+                "jobs/train.py",
+                *TRAIN_ARGS,
+                *_sets(
+                    data__shards=shards,
+                    data__dataset="s3",
+                    tracking__uri=uri,
+                    run__name="s3-tiny",
+                    run__storage_path=f"s3://{BUCKET}/ray_results",
+                    run__registered_model_name="srtn-s3-x4",
+                ),
+            ],
             working_dir=repo,
             runtime_env={"env_vars": s3_env},
         )
@@ -334,16 +377,9 @@ def test_ddp_workers_spread_over_two_nodes_end_with_identical_weights(cluster, w
 
 def _load_registered(uri: str, model_uri: str):
     """Load a registered model from the tracking server at `uri` (MLflow's global URI is put back after)."""
-    import mlflow
+    from srtn.track import load_model
 
-    from srtn.models.serialization import load_sr_model
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        return load_sr_model(model_uri).eval()
-    finally:
-        mlflow.set_tracking_uri(previous)
+    return load_model(model_uri, tracking_uri=uri)
 
 
 @pytest.mark.slow
@@ -353,16 +389,26 @@ def test_training_tracks_through_an_mlflow_server_and_fails_fast_when_it_is_down
     once with a message naming the URI, without its driver ever connecting to Ray."""
     from srtn.synth.shards import write_synthetic_shards
 
-    shards = write_synthetic_shards(str(work / "synthetic"), per_split={"train": 16, "val": 4, "test": 4},
-                                    hr_size=32, scales=(4,))
+    shards = write_synthetic_shards(
+        str(work / "synthetic"), per_split={"train": 16, "val": 4, "test": 4}, hr_size=32, scales=(4,)
+    )
     t0 = time.monotonic()
     server, uri = start_mlflow_server(work / "mlflow-server")
     print(f"mlflow server up: {time.monotonic() - t0:.1f} s")
     try:
         train = cluster.submit(
-            ["python", "jobs/train.py", *TRAIN_ARGS,
-             *_sets(data__shards=shards, data__dataset="server", run__name="server-tiny",
-                    run__storage_path=work / "ray_results", run__registered_model_name="srtn-server-x4")],
+            [
+                "python",
+                "jobs/train.py",
+                *TRAIN_ARGS,
+                *_sets(
+                    data__shards=shards,
+                    data__dataset="server",
+                    run__name="server-tiny",
+                    run__storage_path=work / "ray_results",
+                    run__registered_model_name="srtn-server-x4",
+                ),
+            ],
             working_dir=repo,
             runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}},  # tracking.uri is null in tiny.yaml
         )
@@ -385,9 +431,17 @@ def test_training_tracks_through_an_mlflow_server_and_fails_fast_when_it_is_down
 
     # the same job with the server gone: the driver exits before Ray (no driver ever connected), naming the URI
     gone = cluster.submit(
-        ["python", "jobs/train.py", *TRAIN_ARGS,
-         *_sets(data__shards=shards, data__dataset="server", run__name="server-down",
-                run__storage_path=work / "ray_results")],
+        [
+            "python",
+            "jobs/train.py",
+            *TRAIN_ARGS,
+            *_sets(
+                data__shards=shards,
+                data__dataset="server",
+                run__name="server-down",
+                run__storage_path=work / "ray_results",
+            ),
+        ],
         working_dir=repo,
         runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}},
     )
@@ -402,14 +456,19 @@ def test_training_tracks_through_an_mlflow_server_and_fails_fast_when_it_is_down
     assert seconds < 60, f"the failing job took {seconds:.0f} s"
 
 
-
 # --------------------------------------------------------------------------- what init_ray adds (no Ray)
 
 
 @pytest.mark.parametrize(
     ("where", "cluster", "shipped"),
-    [("source", False, True), ("source", True, True), ("site", False, False), ("site", True, False),
-     ("editable", False, False), ("editable", True, True)],
+    [
+        ("source", False, True),
+        ("source", True, True),
+        ("site", False, False),
+        ("site", True, False),
+        ("editable", False, False),
+        ("editable", True, True),
+    ],
 )
 def test_worker_runtime_env_ships_srtn_unless_the_workers_have_it(where, cluster, shipped, tmp_path, monkeypatch):
     """A source tree is shipped; a site-packages install never; this checkout's editable install only to a cluster
@@ -418,8 +477,11 @@ def test_worker_runtime_env_ships_srtn_unless_the_workers_have_it(where, cluster
 
     from srtn import runtime
 
-    pkg = {"source": tmp_path / "wd" / "platform" / "srtn", "site": Path(site.getsitepackages()[0]) / "srtn",
-           "editable": ROOT / "platform" / "srtn"}[where]
+    pkg = {
+        "source": tmp_path / "wd" / "platform" / "srtn",
+        "site": Path(site.getsitepackages()[0]) / "srtn",
+        "editable": ROOT / "platform" / "srtn",
+    }[where]
     monkeypatch.setattr(runtime, "_package_dir", lambda: pkg)
     monkeypatch.setattr(runtime, "_editable_checkout_of", lambda p: p.is_relative_to(ROOT))
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
@@ -438,8 +500,13 @@ def test_worker_runtime_env_forwards_storage_settings_the_job_does_not_set(tmp_p
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("UNRELATED", "x")
     # a job whose runtime env sets AWS_REGION and py_modules: Ray refuses to merge a driver's env that sets them too
-    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip", "py_modules": ["gcs://_ray_pkg_y.zip"],
-                           "env_vars": {"AWS_REGION": "us-east-1"}}}
+    job = {
+        "runtime_env": {
+            "working_dir": "gcs://_ray_pkg_x.zip",
+            "py_modules": ["gcs://_ray_pkg_y.zip"],
+            "env_vars": {"AWS_REGION": "us-east-1"},
+        }
+    }
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
     assert runtime.worker_runtime_env(cluster=True) == {"env_vars": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}
     assert runtime.worker_runtime_env(cluster=False) == {}  # a local instance's workers inherit the driver's env

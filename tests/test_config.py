@@ -59,7 +59,7 @@ def test_overrides_apply_and_validate():
         ("tiles.sise=512", "tiles.sise", "unknown key"),
         ("bogus=1", "bogus", "unknown key"),
         ("tiles.size=-4", "tiles.size", "greater than or equal"),
-        ("lr.scales=[5]", "lr.scales", "unsupported scale"),
+        ("lr.scales=[5]", "lr.scales", "scale 5 not supported"),
         ("lr.method=nearest", "lr.method", "lanczos"),
         ("tiles.size=100", "", "not divisible"),
     ],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -20,15 +22,16 @@ import torch.nn.functional as F
 from srtn.cli import main
 from srtn.config.base import load_config
 from srtn.config.evaluate import EvaluateConfig, ModelEntry
+from srtn.data.schema import decode_png, lr_column
+from srtn.data.shards import read_split_table, rows_to_table, split_dir
 from srtn.errors import ConfigError
-from srtn.evaluation import _experiment, _tracking_uri, evaluate, resolve_models
+from srtn.evaluate import comparison_experiment, evaluate, resolve_models
 from srtn.metrics import psnr, ssim
 from srtn.models import build_model
 from srtn.models.serialization import log_sr_model
-from srtn.schema import decode_png, lr_column
-from srtn.shards import read_split_table, rows_to_table, split_dir
 from srtn.synth.shards import write_synthetic_shards
-from srtn.tracking import client as mlflow_client
+from srtn.track import client as mlflow_client
+from srtn.track import fluent_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 4
@@ -80,7 +83,7 @@ def store(tmp_path_factory):
     stray = read_split_table(shards, "train").slice(0, 1).to_pylist()[0] | {"source_id": STRAY_SOURCE}
     pq.write_table(rows_to_table([stray]), f"{split_dir(shards, 'test')}/{STRAY_SOURCE}.parquet")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with _tracking_uri(uri):  # the fluent API (start_run, log_model) needs the global URI; restored after
+    with fluent_tracking_uri(uri):  # the fluent API (start_run, log_model) needs the global URI; reset after
         client = mlflow_client(uri)
         exp = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
         torch.manual_seed(0)
@@ -174,7 +177,8 @@ def test_bad_model_uri_fails_naming_it_before_ray_work(store, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray work started before the model URIs were resolved")
 
-    monkeypatch.setattr("srtn.evaluation._score_all", no_ray)
+    monkeypatch.setattr("srtn.runtime.init_ray", no_ray)
+    monkeypatch.setattr("srtn.data.reader.read_split", no_ray)
     cfg = _config(
         store,
         models=[
@@ -209,8 +213,8 @@ def test_uri_forms_resolve_to_pinned_models(store):
     assert resolved[0].n_params == resolved[1].n_params > 0 and resolved[3].n_params == 0
     # No tracking.experiment: the training runs' experiment when shared, else srtn-<dataset>.
     cfg = _config(store, tracking={"uri": store["uri"]})
-    assert _experiment(cfg, store["uri"], resolved) == (store["experiment_id"], EXPERIMENT)
-    assert _experiment(cfg, store["uri"], resolved[3:])[1] == "srtn-evaltest"
+    assert comparison_experiment(cfg, store["uri"], resolved) == (store["experiment_id"], EXPERIMENT)
+    assert comparison_experiment(cfg, store["uri"], resolved[3:])[1] == "srtn-evaltest"
     with pytest.raises(ConfigError, match=r"models.0.uri.*upsamples x4, the evaluation is x8"):
         resolve_models(entries[:1], scale=8, tracking_uri=store["uri"])
 
@@ -252,7 +256,7 @@ def test_cli_prints_table_and_runs_url(report, store, monkeypatch, capsys):
         seen.append(cfg)
         return report
 
-    monkeypatch.setattr("srtn.evaluation.evaluate", fake_evaluate)
+    monkeypatch.setattr("srtn.evaluate.job.evaluate", fake_evaluate)
     overrides = [f"data.shards={store['shards']}", f"tracking.uri={store['uri']}", "data.limit=3"]
     overrides.append("models=[{name: tiny-srcnn, uri: 'models:/evaltest-srcnn/1'}]")
     argv = ["evaluate", "--config", str(ROOT / "configs" / "evaluate" / "demo.yaml")]
@@ -261,4 +265,12 @@ def test_cli_prints_table_and_runs_url(report, store, monkeypatch, capsys):
     assert [e.name for e in cfg.entries()] == ["tiny-srcnn", "bicubic"] and cfg.data.limit == 3
     out = capsys.readouterr().out
     assert report.markdown in out and "| bicubic |" in out and "interpolation baseline" in out
+    assert f"mlflow ui --backend-store-uri {report.tracking_uri}" in out  # track.ui_hint, a local store
     assert f"/#/experiments/{report.experiment_id}/runs" in out
+
+
+def test_scoring_maths_imports_no_ray():
+    """`srtn.evaluate.score` and `.report` run where Ray is absent (a notebook, a peer's venv)."""
+    code = "import sys, srtn.evaluate.score, srtn.evaluate.report; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -21,16 +21,17 @@ import pytest
 import tifffile
 import torch
 
-from srtn.blending import BandAssembler, RowFeeder, TilePlan, axis_weights, tile_starts
 from srtn.cli import main
 from srtn.config.base import load_config
 from srtn.config.predict import PredictConfig, parse_region
+from srtn.data.slides import open_slide, read_rgb
 from srtn.errors import ConfigError, SlideError
-from srtn.inference import predict_slide
+from srtn.infer.blending import BandAssembler, RowFeeder, TilePlan, axis_weights, tile_starts
+from srtn.infer.predict import predict_slide
 from srtn.models import build_model
 from srtn.models.serialization import log_sr_model
-from srtn.slides import open_slide, read_rgb
 from srtn.synth import write_tcga_dataset
+from srtn.track import fluent_tracking_uri, load_model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "openslide"
 SCALE = 4
@@ -49,9 +50,7 @@ def store(tmp_path_factory, slide) -> dict[str, str]:
     """A sqlite MLflow store with a tiny EDSR (a runs:/ URI) and a tiny SRTN (registered: models:/)."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_tracking_uri(uri):  # start_run and log_model need the global URI; reset after
         exp = mlflow.create_experiment("predict-test", artifact_location=(root / "mlartifacts").as_uri())
         torch.manual_seed(0)
         edsr = build_model("edsr", SCALE, n_feats=8, n_blocks=1)
@@ -59,15 +58,13 @@ def store(tmp_path_factory, slide) -> dict[str, str]:
         with mlflow.start_run(experiment_id=exp) as run:
             log_sr_model(edsr, name="edsr")
             log_sr_model(srtn, name="srtn", registered_model_name="predict-test-srtn")
-    finally:
-        mlflow.set_tracking_uri(previous)
     return {"uri": uri, "edsr": f"runs:/{run.info.run_id}/edsr", "srtn": "models:/predict-test-srtn/1"}
 
 
 def _trained_srtn(slide: str, steps: int = 200) -> torch.nn.Module:
     """SRTN as `make demo` trains it (bicubic skip, MSE, Adam 1e-3, batch 8), on 96-px HR patches of the
     slide's lower half (the tests' regions lie in the upper half) with Lanczos x4 LR partners."""
-    from srtn.tiles import downsample
+    from srtn.data.quality import downsample
 
     torch.manual_seed(0)
     model = build_model("srtn", SCALE, n_feats=8, n_blocks=1, global_residual=True)
@@ -253,13 +250,7 @@ def test_mlflow_model_through_ray_matches_one_forward(ray_session, slide, store,
         tissue={"min_fraction": 0}, tracking={"uri": store["uri"]}, actors=2, batch_size=4, progress=False,
     )  # fmt: skip
     assert summary.scale == SCALE and summary.tiles_model == summary.tiles == 9
-    mlflow.set_tracking_uri(store["uri"])
-    try:
-        from srtn.models.serialization import load_sr_model
-
-        model = load_sr_model(store["edsr"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    model = load_model(store["edsr"], tracking_uri=store["uri"])
     ref = _forward(model, _region_lr(slide, region))
     assert _psnr(tifffile.imread(out, key=0), ref) >= 40
 
@@ -321,7 +312,7 @@ def test_srtn_from_registry_blends_without_seams(slide, store, tmp_path):
 
 _CHILD = """
 import json, resource, sys
-from srtn.inference import predict_slide
+from srtn.infer.predict import predict_slide
 slide, out, region = sys.argv[1:4]
 kw = dict(model="bicubic", scale=4, slide=slide, executor="local", progress=False)
 predict_slide(out=out + ".warm.tiff", region="0,0,64,64", **kw)  # imports, codecs, first-call allocations

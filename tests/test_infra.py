@@ -201,7 +201,7 @@ def test_fixture_and_manifests_present():
 @pytest.mark.parametrize("item", RAY_DOCS, ids=_id)
 def test_ray_manifest_matches_crd_schema(item):
     _, doc = item
-    assert doc["apiVersion"] == "ray.io/v1"
+    assert doc["kind"] in {"RayCluster", "RayJob"}, f"no CRD in the fixture for kind {doc['kind']}"
     errors = _schema_errors(doc)
     assert not errors, "\n".join(errors)
     dupes = list(_list_map_errors(_crd(doc["kind"]), doc))
@@ -383,7 +383,7 @@ def test_rayjob_entrypoint_names_files_in_the_image(item):
     config = argv[argv.index("--config") + 1]
     assert config.startswith(f"{IMAGE_ROOT}/configs/")
     assert (ROOT / Path(config).relative_to(IMAGE_ROOT)).is_file(), f"{config} is not in configs/"
-    expected = {"rayjob-tile.yaml": "tile_slides.py", "rayjob-train.yaml": "train.py", "rayjob-tune.yaml": "tune.py"}
+    expected = {"rayjob-tile.yaml": "tile.py", "rayjob-train.yaml": "train.py", "rayjob-tune.yaml": "tune.py"}
     assert Path(script).name == expected[path.name]
     # Data lives in object storage on a cluster: every path override points at s3://.
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
@@ -398,9 +398,11 @@ def test_rayjob_entrypoint_parses_with_the_cli(item):
 
     _, doc = item
     argv = _entrypoint(doc)
-    command = {"tile_slides.py": "tile", "train.py": "train", "tune.py": "tune"}[Path(argv[1]).name]
+    command = {"tile.py": "tile", "train.py": "train", "tune.py": "tune"}[Path(argv[1]).name]
+    script = (ROOT / Path(argv[1]).relative_to(IMAGE_ROOT)).read_text()
+    assert f'main(["{command}", *sys.argv[1:]])' in script, f"{argv[1]} does not run `srtn {command}`"
     args = build_parser().parse_args([command, *argv[2:]])
-    assert args.command == command and args.config and all("=" in s for s in args.set)
+    assert args.set and all(re.fullmatch(r"[a-z_][a-z0-9_.]*=\S+", s) for s in args.set), args.set
 
 
 def _field_exists(model: Any, dotted: str) -> bool:
@@ -429,9 +431,10 @@ def test_rayjob_overrides_name_real_config_keys(item):
 
     _, doc = item
     argv = _entrypoint(doc)
-    command = {"tile_slides.py": "tile", "train.py": "train", "tune.py": "tune"}[Path(argv[1]).name]
+    command = {"tile.py": "tile", "train.py": "train", "tune.py": "tune"}[Path(argv[1]).name]
     model = COMMANDS[command].load(COMMANDS[command].config)
     keys = [argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--set"]
+    assert keys, "the entrypoint sets no config key"
     unknown = [k for k in keys if not _field_exists(model, k)]
     assert not unknown, f"{model.__name__} has no key(s) {unknown}"
 
@@ -514,9 +517,13 @@ def test_no_key_material_anywhere_in_infra():
         "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
         "bearer token": re.compile(r"Bearer\s+[A-Za-z0-9._-]{20,}"),
     }
+    scanned = set()
     for path, text in _all_infra_text():
+        scanned.add(path.relative_to(INFRA).as_posix())
         for what, rx in patterns.items():
             assert not rx.search(text), f"{path.relative_to(ROOT)}: looks like a {what}"
+    expected = {"docker/Dockerfile", "kuberay/raycluster.yaml", "mlflow/docker-compose.yaml", "ray-up/cluster.yaml"}
+    assert expected <= scanned, f"not scanned: {sorted(expected - scanned)}"
     assert not (MLFLOW / ".env").exists() or ".env" in (MLFLOW / ".gitignore").read_text()
 
 
@@ -532,9 +539,10 @@ def test_every_referenced_secret_key_is_documented():
     for _, doc in ALL_K8S_DOCS:
         if doc["kind"] == "Secret":
             defined[doc["metadata"]["name"]] = set(doc.get("data", {})) | set(doc.get("stringData", {}))
-    for path, doc in ALL_K8S_DOCS:
-        for name, key, _ in _secret_refs(doc):
-            assert name in defined and key in defined[name], f"{path.name}: secret {name}/{key} not in an example"
+    refs = [(path, name, key) for path, doc in ALL_K8S_DOCS for name, key, _ in _secret_refs(doc)]
+    assert {p.name for p, _, _ in refs} >= {"raycluster.yaml", "mlflow.yaml"}, "expected secretKeyRefs in both"
+    for path, name, key in refs:
+        assert name in defined and key in defined[name], f"{path.name}: secret {name}/{key} not in an example"
     # The Ray token Secret is referenced through authOptions, not secretKeyRef.
     assert "auth_token" in defined[RAY_AUTH_SECRET]
 
@@ -561,7 +569,9 @@ def test_mlflow_server_flags_and_reachability():
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
     assert host in allowed and host.split(":")[0] in allowed and "localhost:*" in allowed
     (svc,) = [d for _, d in MLFLOW_K8S_DOCS if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"]
-    assert svc["metadata"]["namespace"] == NAMESPACE == host.split(".")[1]
+    # <service>.<namespace>.svc.cluster.local: the URI the Ray pods use resolves to this Service
+    assert host.split(".")[:3] == [svc["metadata"]["name"], svc["metadata"]["namespace"], "svc"], host
+    assert svc["spec"]["selector"].items() <= _mlflow_deployment()["spec"]["template"]["metadata"]["labels"].items()
     assert [p["port"] for p in svc["spec"]["ports"]] == [int(host.rsplit(":", 1)[1])]
     assert c["image"].startswith("ghcr.io/srtn-platform/mlflow:")
 
@@ -616,6 +626,7 @@ def _compose() -> dict[str, Any]:
 def test_compose_parses_and_binds_to_localhost_only():
     services = _compose()["services"]
     assert {"postgres", "minio", "mlflow"} <= set(services)
+    assert services["mlflow"].get("ports") and services["minio"].get("ports"), "mlflow and minio publish a port"
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is published on every interface"
@@ -650,10 +661,12 @@ def test_compose_secrets_come_from_the_environment():
         if re.match(r"^[A-Z_]+=", line)
     )
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    assert used, "compose reads no variable: the secret checks above saw nothing"
     assert used <= set(example), f"not in .env.example: {sorted(used - set(example))}"
-    for key, value in example.items():
-        if SECRETISH.search(key):
-            assert value == "", f".env.example: {key} must be left empty"
+    secrets = {key: value for key, value in example.items() if SECRETISH.search(key)}
+    assert secrets, ".env.example lists no password or secret"
+    for key, value in secrets.items():
+        assert value == "", f".env.example: {key} must be left empty"
     assert ".env" in (MLFLOW / ".gitignore").read_text().split()
 
 
@@ -709,8 +722,8 @@ def test_dockerfile_variants_and_versions_agree():
     # The same torch as the Makefile installs for development and CI.
     make = (ROOT / "Makefile").read_text()
     m = re.search(r"TORCH_SPEC \?= torch==(\S+)", make)
-    if m:
-        assert args["TORCH_VERSION"] == m.group(1)
+    assert m, "no TORCH_SPEC ?= torch==VERSION in the Makefile"
+    assert args["TORCH_VERSION"] == m.group(1)
     assert f'org.opencontainers.image.version="{_pyproject_version()}"' in text
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users[-1].split(":")[0] not in {"root", "0"}, "the image must end as a non-root user"

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtn.schema import decode_png, encode_png, lr_column, tile_id
-from srtn.slides import mask_fraction, tile_grid
-from srtn.splits import assign_split, spatial_block_id
-from srtn.tiles import QualityThresholds, downsample, rejection_reason
+from srtn.data.quality import downsample, rejection_reason
+from srtn.data.schema import decode_png, encode_png, lr_column, tile_id
+from srtn.data.slides import mask_fraction, tile_grid
+from srtn.data.splits import assign_split, spatial_block_id
+from srtn.vocab import QualityThresholds
 
 
 def test_split_is_a_function_of_the_group_alone():
@@ -32,8 +33,10 @@ def test_degenerate_ratios(ratios):
 
 
 def test_bad_ratios():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="three non-negative numbers"):
         assign_split("g", (0.5, 0.5))
+    with pytest.raises(ValueError, match="three non-negative numbers"):
+        assign_split("g", (0.9, 0.2, -0.1))
 
 
 @pytest.mark.parametrize(
@@ -120,5 +123,5 @@ def test_tile_id_is_deterministic_and_distinct():
 
 def test_lr_column():
     assert lr_column(4) == "lr_x4"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scale 5 not supported"):
         lr_column(5)

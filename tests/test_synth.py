@@ -10,8 +10,8 @@ import numpy as np
 import openslide
 import pytest
 
-from srtn.barcodes import patient_from_name
-from srtn.splits import assign_split
+from srtn.data.barcodes import patient_from_name
+from srtn.data.splits import assign_split
 from srtn.synth import render_slide, tcga_slide_specs, write_tcga_dataset, write_tcga_slide
 
 UUID = r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from srtn.breakhis_index import index_tree, parse_name
+from srtn.data.breakhis.index import index_tree, parse_name
 from srtn.synth.breakhis import write_breakhis_tree
 
 

@@ -15,12 +15,12 @@ import pytest
 
 from srtn.config.base import load_config
 from srtn.config.tile import TileConfig
-from srtn.manifest import read_manifest
-from srtn.schema import decode_png
-from srtn.shards import read_split_table
+from srtn.data.manifest import read_manifest
+from srtn.data.quality import downsample, rejection_reason
+from srtn.data.schema import decode_png
+from srtn.data.shards import read_split_table
+from srtn.data.tile_job import run_tiling
 from srtn.synth import write_tcga_dataset
-from srtn.tiles import downsample, rejection_reason
-from srtn.tiling_job import run_tiling
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 6
@@ -205,3 +205,25 @@ def test_kill_and_resume_gives_the_uninterrupted_tile_set(slides, tmp_path, ray_
     assert sum(bool(r.get("resumed")) for r in manifest["sources"]) >= done_before
     assert {r["tile_id"] for r in _all_rows(out)} == expected
     shutil.rmtree(out)
+
+
+def test_console_of_srtn_tile_is_short_and_free_of_ray_internals(slides, tmp_path, ray_session, capfd):
+    """The user's story only: the job's lines and a bar over slides; Ray Data's execution plans, progress
+    dumps and INFO lines stay in Ray's log files (ray-data.log)."""
+    from srtn.cli import main
+
+    input_dir = tmp_path / "three"
+    input_dir.mkdir()
+    for s in slides[:3]:
+        (input_dir / s.name).symlink_to(s)
+    args = ["--config", str(ROOT / "configs/data/tcga_kirc.yaml"), "--set", f"input={input_dir}"]
+    args += ["--set", f"output={tmp_path / 'out'}", "--set", f"max_tiles_per_slide={CAP}"]
+    code = main(["tile", *args])
+    out, err = capfd.readouterr()
+    lines = (out + err).replace("\r", "\n").splitlines()
+    assert code == 0
+    assert "srtn tile: 3 slides, 0 already done, 3 to tile" in out
+    assert "tiling: 100%" in err  # the bar over slides reached its end
+    assert not [line for line in lines if " INFO " in line or "logging_progress" in line or "Execution plan" in line]
+    bar_updates = [line for line in lines if line.startswith("tiling:")]
+    assert len(lines) - len(bar_updates) + 1 <= 25  # a bar redrawn in place is one line on a terminal

@@ -4,18 +4,17 @@ killed mid-run, a rerun of the same run name, config and tracking-server errors,
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from srtn import tracking
+from srtn import track
 from srtn.config.base import load_config
 from srtn.config.train import TrainConfig
+from srtn.data.manifest import manifest_hash
 from srtn.errors import ConfigError, TrackingError
-from srtn.manifest import manifest_hash
 from srtn.synth.shards import write_synthetic_shards
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
@@ -40,8 +39,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One sqlite store for the module: creating one costs seconds (schema migrations)."""
-    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-    tracking.check_tracking_server(uri)
+    uri = track.resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+    track.check_tracking_server(uri)
     return uri
 
 
@@ -57,22 +56,32 @@ def steps(client, run_id: str, key: str) -> list[int]:
     return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
 
+def forbid_ray_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make starting Ray or building a trainer (and so any worker) fail the test."""
+    import srtn.runtime
+    import srtn.train.fit
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("Ray work started")
+
+    monkeypatch.setattr(srtn.runtime, "init_ray", forbidden)
+    monkeypatch.setattr(srtn.train.fit, "build_trainer", forbidden)
+
+
 # --------------------------------------------------------------------------- end to end (Ray)
 
 
 @pytest.mark.slow
 def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray_session, shards, mlflow_uri, tmp_path):
-    import mlflow
 
     from srtn.models import build_model
-    from srtn.models.serialization import load_sr_model
-    from srtn.training import fit, load_checkpoint_model
+    from srtn.train.fit import fit, load_checkpoint_model
 
     cfg = tiny(shards, tmp_path, "run.name=two-workers", uri=mlflow_uri)
     out = fit(cfg)
 
     assert [h["epoch"] for h in out.history] == [1, 2]
-    c = tracking.client(out.tracking_uri)
+    c = track.client(out.tracking_uri)
     run = c.get_run(out.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "two-workers"
@@ -94,8 +103,7 @@ def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray
 
     # The registered model is the best checkpoint's weights and runs on a size unlike its 8x8 input example.
     assert out.registered_model_version == "1"
-    mlflow.set_tracking_uri(out.tracking_uri)
-    registered = load_sr_model("models:/srtn-tiny-x4/1")
+    registered = track.load_model("models:/srtn-tiny-x4/1", tracking_uri=out.tracking_uri)
     trained = load_checkpoint_model(out.best_checkpoint)
     x = torch.rand(2, 3, 12, 20)
     with torch.no_grad():
@@ -108,8 +116,10 @@ def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_session, shards, mlflow_uri, tmp_path):
-    from srtn.training import fit
+def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(
+    ray_session, shards, mlflow_uri, tmp_path, monkeypatch
+):
+    from srtn.train.fit import fit
 
     # rank 0 exits at the start of epoch 2 (first attempt only); Ray Train restarts the worker group
     cfg = tiny(
@@ -125,7 +135,7 @@ def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_se
     out = fit(cfg)
     assert (Path(out.run_path) / ".fault-injected-epoch-2").exists()  # the fault did happen
     assert [h["epoch"] for h in out.history] == [1, 2]
-    c = tracking.client(out.tracking_uri)
+    c = track.client(out.tracking_uri)
     for key in ("val_psnr", "train_loss"):
         assert steps(c, out.mlflow_run_id, key) == [1, 2], key  # each epoch once; never back to epoch 1
 
@@ -141,9 +151,8 @@ def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_se
     assert run.info.status == "FINISHED"
 
     # a rerun of a finished run starts no workers and logs nothing new
-    t0 = time.perf_counter()
+    forbid_ray_work(monkeypatch)
     done = fit(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})}))
-    assert time.perf_counter() - t0 < 15
     assert done.latest_checkpoint == again.latest_checkpoint
     assert steps(c, out.mlflow_run_id, "val_psnr") == [1, 2, 3]
 
@@ -156,7 +165,7 @@ def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(ray_se
     [
         ("optim.epochs=-1", "optim.epochs"),
         ("optim.epoch=3", "optim.epoch"),
-        ("data.scale=5", "data"),
+        ("data.scale=5", "data.scale"),
         ("model.kwargs.n_featz=8", "model"),
         ("scaling.placement_strategy=EVERYWHERE", "scaling.placement_strategy"),
     ],
@@ -170,7 +179,7 @@ def test_bad_config_fails_naming_the_key(override, key, shards, tmp_path):
 
 def test_scaling_section_reaches_the_trainer(shards, tmp_path):
     """Workers, resources and placement come from `scaling` (SPREAD: one worker per node on a cluster)."""
-    from srtn.training import build_trainer
+    from srtn.train.fit import build_trainer
 
     cfg = tiny(shards, tmp_path, "scaling.placement_strategy=SPREAD", "scaling.num_workers=4")
     trainer = build_trainer(cfg, run_name="x", mlflow_run_id="0" * 32, tracking_uri="sqlite:///x.db", datasets={})
@@ -179,23 +188,16 @@ def test_scaling_section_reaches_the_trainer(shards, tmp_path):
 
 
 def test_unreachable_tracking_server_fails_before_any_ray_work(shards, tmp_path, monkeypatch):
-    import srtn.runtime
-    import srtn.training
+    import srtn.train.fit
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("Ray work started")
-
-    monkeypatch.setattr(srtn.runtime, "init_ray", forbidden)
-    monkeypatch.setattr(srtn.training, "build_trainer", forbidden)
+    forbid_ray_work(monkeypatch)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     cfg = tiny(shards, tmp_path, f"tracking.uri={uri}", "run.name=never")
-    t0 = time.perf_counter()
     with pytest.raises(TrackingError, match=uri):
-        srtn.training.fit(cfg)
-    assert time.perf_counter() - t0 < 10
+        srtn.train.fit.fit(cfg)
     assert not (tmp_path / "ray_results" / "never").exists()
 
 
@@ -205,12 +207,12 @@ def test_unreachable_tracking_server_fails_before_any_ray_work(shards, tmp_path,
 def test_resolve_tracking_uri_embedded_default_is_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri = tracking.resolve_tracking_uri(None)
+    uri = track.resolve_tracking_uri(None)
     assert uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
-    assert tracking.artifact_location_for(uri) == (tmp_path / "runs" / "mlartifacts").as_uri()
+    assert track.artifact_location_for(uri) == (tmp_path / "runs" / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    assert tracking.resolve_tracking_uri(None) == "http://mlflow:5000"
-    assert tracking.resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path}/x.db"
+    assert track.resolve_tracking_uri(None) == "http://mlflow:5000"
+    assert track.resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path}/x.db"
 
 
 @pytest.mark.parametrize(
@@ -222,40 +224,40 @@ def test_resolve_tracking_uri_embedded_default_is_absolute(tmp_path, monkeypatch
     ],
 )
 def test_runs_url(uri, url):
-    assert tracking.runs_url(uri, "7") == url
+    assert track.runs_url(uri, "7") == url
 
 
 def test_log_params_flat_limits_and_immutability(mlflow_uri):
     uri = mlflow_uri
-    exp = tracking.get_or_create_experiment("params", tracking_uri=uri)
-    assert tracking.get_or_create_experiment("params", tracking_uri=uri) == exp
-    run_id = tracking.create_run(uri, exp, run_name="r")
+    exp = track.get_or_create_experiment("params", tracking_uri=uri)
+    assert track.get_or_create_experiment("params", tracking_uri=uri) == exp
+    run_id = track.create_run(uri, exp, run_name="r")
     cfg = {"a": {"b": 1, "weird key!": "x"}, "long": "y" * 7000, "lst": [1, 2], "none": None}
-    assert tracking.log_params_flat(uri, run_id, cfg) == {}
-    params = tracking.client(uri).get_run(run_id).data.params
+    assert track.log_params_flat(uri, run_id, cfg) == {}
+    params = track.client(uri).get_run(run_id).data.params
     assert params["a.b"] == "1"
     assert params["a.weird key_"] == "x"
     assert len(params["long"]) == 6000
     assert params["lst"] == "[1, 2]"
     assert params["none"] == "null"
-    assert tracking.log_params_flat(uri, run_id, {"a": {"b": 2}}) == {"a.b": ("1", "2")}
+    assert track.log_params_flat(uri, run_id, {"a": {"b": 2}}) == {"a.b": ("1", "2")}
 
 
 def test_epoch_logger_backfills_missing_epochs_once(mlflow_uri):
     uri = mlflow_uri
-    run_id = tracking.create_run(uri, tracking.get_or_create_experiment("backfill", tracking_uri=uri), run_name="r")
-    log = tracking.EpochLogger(uri, run_id)
+    run_id = track.create_run(uri, track.get_or_create_experiment("backfill", tracking_uri=uri), run_name="r")
+    log = track.EpochLogger(uri, run_id)
     log.log_epoch(1, {"val_loss": 0.5, "note": "text is skipped"})
     history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}]
     assert log.backfill(history) == [2]
     assert log.backfill(history) == []
-    assert steps(tracking.client(uri), run_id, "val_loss") == [1, 2]
+    assert steps(track.client(uri), run_id, "val_loss") == [1, 2]
 
 
 def test_image_grid_layout():
     lr = torch.rand(5, 3, 8, 8)
     hr = torch.rand(5, 3, 32, 32)
-    grid = tracking.image_grid({"LR": lr, "SR": hr, "HR": hr}, max_rows=4)
+    grid = track.image_grid({"LR": lr, "SR": hr, "HR": hr}, max_rows=4)
     # cells are enlarged to 96 px: 3 columns x (96 + 2) + 2, label 14 + 4 rows x (96 + 2) + 2
     assert grid.shape == (14 + 4 * 98 + 2, 3 * 98 + 2, 3)
     assert grid.dtype == np.uint8

@@ -12,12 +12,13 @@ import pytest
 
 from srtn.config.base import load_config
 from srtn.config.train import TrainConfig
+from srtn.data.quality import downsample
+from srtn.data.reader import centre_crop, decode_eval_batch
+from srtn.data.schema import encode_png
+from srtn.data.shards import read_split_table
 from srtn.errors import ConfigError
-from srtn.schema import encode_png
-from srtn.shards import read_split_table
 from srtn.synth.shards import synthetic_tile, write_synthetic_shards
-from srtn.tiles import downsample
-from srtn.training_data import aligned_crop, augment_pair, centre_crop, decode_eval_batch, decode_train_batch
+from srtn.train.augment import aligned_crop, augment_pair, decode_train_batch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -72,7 +73,7 @@ def test_decode_batches_give_float_nchw_in_unit_range():
 
 @pytest.mark.slow
 def test_train_reads_only_train_rows_and_val_only_val_rows(ray_session, tmp_path):
-    from srtn.training_data import build_datasets
+    from srtn.train.datasets import build_datasets
 
     shards = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 6, "val": 3, "test": 3}, groups=3)
     # a stray test row inside the val folder must not reach validation either
@@ -95,7 +96,7 @@ def test_train_reads_only_train_rows_and_val_only_val_rows(ray_session, tmp_path
 
 
 def test_missing_scale_or_split_is_a_config_error(tmp_path):
-    from srtn.training_data import read_split
+    from srtn.data.reader import read_split
 
     shards = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 2}, scales=(2,))
     with pytest.raises(ConfigError, match="lr_x4") as info:
@@ -107,7 +108,7 @@ def test_missing_scale_or_split_is_a_config_error(tmp_path):
 
 
 def test_synthetic_shards_layout_and_manifest(tmp_path):
-    from srtn.manifest import manifest_hash, read_manifest
+    from srtn.data.manifest import manifest_hash, read_manifest
 
     out = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 4, "val": 2}, hr_size=16, scales=(2, 4))
     assert sorted(p.name for p in (tmp_path / "s" / "split=train").iterdir()) == [
@@ -126,7 +127,7 @@ def test_synthetic_shards_layout_and_manifest(tmp_path):
 def test_shards_store_png_columns_uncompressed_and_keep_null_counts(tmp_path):
     """PNG bytes are not recompressed (zstd on the small columns only), and the null counts that
     `check_shards` reads are written; shards written by other tools without statistics still pass."""
-    from srtn.training_data import check_shards
+    from srtn.data.reader import check_shards
 
     out = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 2, "val": 1}, hr_size=16, scales=(4,))
     files = sorted((tmp_path / "s" / "split=train").glob("*.parquet"))

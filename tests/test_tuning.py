@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from srtn import tracking
+from srtn import track
 from srtn.config.base import load_config
 from srtn.config.tune import TuneConfig
 from srtn.errors import ConfigError, ResourceError
@@ -82,7 +82,7 @@ def test_asha_sweep_killed_after_first_trial_resumes_without_rerunning_it(ray_se
     first trial as TERMINATED; `--resume` then finishes the sweep in this process. The finished trial is not run
     again (same MLflow child run, each epoch logged once), the parent run is the same, ASHA's rung from before
     the kill still stops the bad trial after its first epoch, and the best trial's model is registered."""
-    from srtn.tuning import SWEEP_FILE, tune_sweep
+    from srtn.tune.sweep import SWEEP_FILE, tune_sweep
 
     config = sweep_yaml(tmp_path / "sweep.yaml", shards, tmp_path)
     sweep_dir = tmp_path / "sweeps" / "lr-sweep"
@@ -92,8 +92,13 @@ def test_asha_sweep_killed_after_first_trial_resumes_without_rerunning_it(ray_se
         "PYTHONPATH": str(ROOT / "platform"),
     }
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "srtn.cli", "tune", "--config", str(config)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srtn.cli", "tune", "--config", str(config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 420
         # Kill once the saved state has the first trial TERMINATED *and* the second trial: Tune creates grid
@@ -111,10 +116,11 @@ def test_asha_sweep_killed_after_first_trial_resumes_without_rerunning_it(ray_se
     done = [t for t, s in first.items() if s == "TERMINATED"]
     assert len(done) == 1 and len(first) == 2, first
     parent_before = json.loads((sweep_dir / SWEEP_FILE).read_text())["parent_run_id"]
-    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    c = tracking.client(uri)
-    finished_run = tracking.find_runs_by_tag(uri, c.get_experiment_by_name("srtn-tune-test").experiment_id,
-                                             "srtn.run_name", f"lr-sweep-{done[0]}")
+    uri = track.resolve_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    c = track.client(uri)
+    finished_run = track.find_runs_by_tag(
+        uri, c.get_experiment_by_name("srtn-tune-test").experiment_id, "srtn.run_name", f"lr-sweep-{done[0]}"
+    )
     assert len(finished_run) == 1
     before = c.get_run(finished_run[0])
 
@@ -164,7 +170,7 @@ def test_asha_sweep_killed_after_first_trial_resumes_without_rerunning_it(ray_se
 
 
 def test_infeasible_sweep_fails_fast_naming_what_a_trial_needs(ray_session, shards, tmp_path):
-    from srtn.tuning import tune_sweep
+    from srtn.tune.sweep import tune_sweep
 
     config = sweep_yaml(tmp_path / "sweep.yaml", shards, tmp_path)
     cfg = load_config(TuneConfig, config, ["train.scaling.cpus_per_worker=4", "trial.driver_cpus=0.5"])
@@ -173,7 +179,10 @@ def test_infeasible_sweep_fails_fast_naming_what_a_trial_needs(ray_session, shar
         tune_sweep(cfg)
     assert time.perf_counter() - t0 < 60
     message = str(info.value)
-    assert "one trial needs 5.5 CPU" in message  # 0.5 driver + 1 worker x 4 + 1 for Ray Data
+    s = cfg.train.scaling  # one trial: its driver + its Train workers + its Ray Data tasks' CPU
+    one_trial = cfg.trial.driver_cpus + s.num_workers * s.cpus_per_worker + s.data_cpus
+    assert f"one trial needs {one_trial:g} CPU" in message
+    assert f"driver {cfg.trial.driver_cpus:g} CPU" in message and f"{s.data_cpus:g} CPU for Ray Data" in message
     assert "the cluster has 2 CPU" in message
     assert not list((tmp_path / "sweeps").glob("*/experiment_state-*.json"))  # no Tune work started
 
@@ -212,20 +221,32 @@ def test_bad_search_space_key_fails_naming_it_before_ray(space, key, says, shard
 
 def test_shipped_configs_load_and_take_the_cluster_overrides(tmp_path):
     """smoke.yaml as is; srtn_x4.yaml with exactly the overrides of infra/kuberay/rayjob-tune.yaml."""
-    from srtn.tuning import trial_requirements
+    from srtn.tune.sweep import trial_requirements
 
     smoke = load_config(TuneConfig, CONFIGS / "smoke.yaml")
     assert smoke.train.data.shards == "runs/demo/shards" and smoke.max_t == smoke.train.optim.epochs
-    assert trial_requirements(smoke) == {"CPU": 1.75}  # fits a 2-CPU machine
-    x4 = load_config(TuneConfig, CONFIGS / "srtn_x4.yaml", [
-        "train.data.shards=s3://srtn-data/tiles/tcga_kirc/",
-        "train.scaling.use_gpu=true",
-        "train.run.storage_path=s3://srtn-data/ray_results/",
-    ])
+    s = smoke.train.scaling
+    one_trial = smoke.trial.driver_cpus + s.num_workers * s.cpus_per_worker + s.data_cpus
+    assert trial_requirements(smoke) == {"CPU": one_trial} and one_trial <= 2  # fits a 2-CPU machine
+    x4 = load_config(
+        TuneConfig,
+        CONFIGS / "srtn_x4.yaml",
+        [
+            "train.data.shards=s3://srtn-data/tiles/tcga_kirc/",
+            "train.scaling.use_gpu=true",
+            "train.run.storage_path=s3://srtn-data/ray_results/",
+        ],
+    )
     assert x4.storage_path == "s3://srtn-data/ray_results/"  # the whole sweep moves with train.run.storage_path
     assert trial_requirements(x4)["GPU"] == 1
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"data": {"shards": "a"}, "optim": {"lr": 0.5, "epochs": 7}}))
-    seeded = load_config(TuneConfig, data={"base": str(base), "train": {"optim": {"lr": 0.1}},
-                                           "search_space": {"optim.lr": {"type": "choice", "values": [1, 2]}}})
+    seeded = load_config(
+        TuneConfig,
+        data={
+            "base": str(base),
+            "train": {"optim": {"lr": 0.1}},
+            "search_space": {"optim.lr": {"type": "choice", "values": [1, 2]}},
+        },
+    )
     assert (seeded.train.data.shards, seeded.train.optim.lr, seeded.train.optim.epochs) == ("a", 0.1, 7)

@@ -38,35 +38,35 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "tile": Command(
         "srtn.config.tile:TileConfig",
-        "srtn.tiling_job:run_tiling",
+        "srtn.data.tile_job:run_tiling",
         "Cut whole-slide images into HR/LR tile pairs and write Parquet shards (Ray Data).",
         flags={"--overwrite": "overwrite", "--strict": "strict"},
     ),
     "breakhis": Command(
         "srtn.config.breakhis:BreakHisConfig",
-        "srtn.breakhis:run_breakhis",
+        "srtn.data.breakhis.job:run_breakhis",
         "Build real HR/LR pairs from a BreakHis tree by template matching 400X inside 100X (Ray Data).",
         flags={"--overwrite": "overwrite", "--strict": "strict"},
     ),
     "train": Command(
         "srtn.config.train:TrainConfig",
-        "srtn.training:run_training",
+        "srtn.train.fit:run_training",
         "Train a model on tile shards with Ray Train (PyTorch DDP), tracked in MLflow.",
     ),
     "evaluate": Command(
         "srtn.config.evaluate:EvaluateConfig",
-        "srtn.evaluation:run_evaluation",
+        "srtn.evaluate.job:run_evaluation",
         "Evaluate trained models and bicubic on the test split; log a comparison run to MLflow.",
     ),
     "tune": Command(
         "srtn.config.tune:TuneConfig",
-        "srtn.tuning:run_tune",
+        "srtn.tune.sweep:run_tune",
         "Sweep hyperparameters with Ray Tune (ASHA), one MLflow child run per trial.",
         flags={"--resume": "resume"},
     ),
     "predict": Command(
         "srtn.config.predict:PredictConfig",
-        "srtn.inference:run_predict",
+        "srtn.infer.predict:run_predict",
         "Super-resolve a whole slide (or a region) into a pyramidal TIFF that OpenSlide opens.",
         options={"--model": "model", "--slide": "slide", "--out": "out", "--level": "level", "--region": "region"},
         config_required=False,
@@ -74,8 +74,19 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _verbose_flag(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="show Ray's, Ray Data's, Ray Train's and MLflow's own INFO logs (same as SRTN_LOG_LEVEL=DEBUG)",
+    )
+
+
 def _add_config_command(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
     p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+    _verbose_flag(p, default=argparse.SUPPRESS)  # after the command too; SUPPRESS keeps a flag given before it
     p.add_argument(
         "--config",
         required=cmd.config_required,
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs on a local Ray instance unless RAY_ADDRESS is set; tracks in MLflow "
         "(MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db).",
     )
+    _verbose_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         _add_config_command(sub, name, cmd)
@@ -168,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Run the whole pipeline end to end on generated slides (make demo).")
     demo.add_argument("--workdir", default="runs/demo", help="where data and shards go (default runs/demo)")
     demo.add_argument("--fast", action="store_true", help="smallest possible run (smoke test)")
+    _verbose_flag(demo, default=argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
     return parser
 
@@ -189,8 +202,11 @@ def run_config_command(name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from srtn.console import configure
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure(verbose=args.verbose)
     try:
         if args.command in COMMANDS:
             return run_config_command(args.command, args)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from srtn.config.base import load_config
+from srtn.console import stage
 
 __all__ = ["DEMO_MODELS", "config_dir", "run_demo"]
 
@@ -32,19 +33,21 @@ def config_dir() -> Path:
 
 
 def _step(title: str) -> float:
-    print(f"\n=== {title} ===", flush=True)
+    stage(title)
     return time.perf_counter()
 
 
 def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     """Run every stage; returns 0 when all stages succeeded."""
-    from srtn.config.evaluate import BICUBIC, EvaluateConfig
+    from srtn.config.evaluate import EvaluateConfig
     from srtn.config.tile import TileConfig
     from srtn.config.train import TrainConfig
-    from srtn.evaluation import evaluate
+    from srtn.data.tile_job import run_tiling
+    from srtn.evaluate.job import evaluate
     from srtn.synth import write_tcga_dataset
-    from srtn.tiling_job import run_tiling
-    from srtn.training import fit
+    from srtn.track import ui_hint
+    from srtn.train.fit import fit
+    from srtn.vocab import BICUBIC
 
     configs = config_dir()
     work = Path(workdir).resolve()
@@ -97,9 +100,7 @@ def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
         gain = psnr[name] - psnr[BICUBIC]
         print(f"{name} vs bicubic on test PSNR: {gain:+.2f} dB ({'beats' if gain > 0 else 'does NOT beat'} bicubic)")
     print(f"done in {time.perf_counter() - t:.0f} s")
-    uri = report.tracking_uri
-    print("\nCompare the runs in the MLflow UI:")
-    if not uri.startswith(("http://", "https://")):
-        print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
-    print(f"  then open {report.runs_url}")
+    print("\nCompare the runs in the MLflow UI (.venv/bin/mlflow), then open the link:")
+    for line in ui_hint(report.tracking_uri, report.experiment_id):
+        print(f"  {line}")
     return 0

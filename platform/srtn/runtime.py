@@ -113,19 +113,23 @@ def worker_runtime_env(*, cluster: bool) -> dict[str, Any]:
 def init_ray(**kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
-    No `RAY_ADDRESS` means a local instance on this machine (the embedded default). The job's runtime env
-    gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and wins on conflicts).
+    No `RAY_ADDRESS` means a local instance on this machine (the embedded default), with its dashboard: Ray
+    Train's placement-group cleaner asks the state API (served by the dashboard) every second whether the
+    Train controller lives, and without it logged "Failed to query Ray Train Controller actor state" each
+    time. The job's runtime env gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and
+    wins on conflicts). Ray's own driver logging is at WARNING unless verbose (`srtn.console`).
     """
     import ray
 
+    from srtn.console import quiet_ray_data, ray_init_options
+
     if ray.is_initialized():
+        quiet_ray_data()
         return
-    kwargs.setdefault("configure_logging", True)
-    kwargs.setdefault("logging_level", "WARNING")
+    for key, value in ray_init_options().items():
+        kwargs.setdefault(key, value)
     address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
     cluster = bool(address) and address != "local"
-    if not cluster:
-        kwargs.setdefault("include_dashboard", False)
     extra = worker_runtime_env(cluster=cluster)
     if extra:
         given = dict(kwargs.pop("runtime_env", None) or {})
@@ -135,3 +139,4 @@ def init_ray(**kwargs: Any) -> None:
         kwargs["runtime_env"] = merged
         logger.info("Ray workers get %s", {k: (sorted(v) if k == "env_vars" else v) for k, v in extra.items()})
     ray.init(**kwargs)
+    quiet_ray_data()

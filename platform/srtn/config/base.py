@@ -9,14 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from srtn.errors import ConfigError
+from srtn.vocab import check_scale
 
 __all__ = [
+    "Scale",
     "StrictModel",
     "DataJobConfig",
     "load_config",
@@ -27,6 +29,9 @@ __all__ = [
 
 M = TypeVar("M", bound=BaseModel)
 _SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+Scale = Annotated[int, AfterValidator(check_scale)]
+"""An SR factor every config key of that meaning validates the same way (one of `SUPPORTED_SCALES`)."""
 
 
 class StrictModel(BaseModel):

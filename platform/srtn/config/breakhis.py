@@ -10,9 +10,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from srtn.breakhis_pairs import CropPosition, MatchMethod
 from srtn.config.base import DataJobConfig, StrictModel
-from srtn.tiles import DownsampleMethod, QualityThresholds
+from srtn.vocab import CropPosition, DownsampleMethod, MatchMethod, QualityThresholds
 
 __all__ = [
     "MatchingConfig",

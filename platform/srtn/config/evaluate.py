@@ -4,7 +4,7 @@ Blocks: `data` (shards, scale, split), `models` (display name + MLflow model URI
 convention (`crop_border`), Ray Data batch-inference resources (`batch_size`, `actors`, `cpus_per_actor`,
 `num_gpus`) and `tracking` (MLflow URI, experiment, run name). Every key is documented in
 configs/evaluate/*.yaml. URIs are checked for their form here; whether they exist is checked by
-`srtn.evaluation.resolve_models` before any Ray work.
+`srtn.evaluate.job.resolve_models` before any Ray work.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from srtn.config.base import StrictModel
-from srtn.schema import SUPPORTED_SCALES
+from srtn.config.base import Scale, StrictModel
+from srtn.vocab import BICUBIC
 
-__all__ = ["BICUBIC", "EvalDataConfig", "EvalTrackingConfig", "EvaluateConfig", "ModelEntry", "check_model_uri"]
+__all__ = ["EvalDataConfig", "EvalTrackingConfig", "EvaluateConfig", "ModelEntry", "check_model_uri"]
 
-BICUBIC = "bicubic"
 """The model URI (and default display name) that means bicubic interpolation: no MLflow model."""
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -68,18 +67,11 @@ class ModelEntry(StrictModel):
 class EvalDataConfig(StrictModel):
     shards: str = Field(description="tile shards folder (local or s3://): OUT of srtn tile / srtn breakhis")
     dataset: str | None = Field(None, description="dataset name for the run name and experiment; default: folder name")
-    scale: int = Field(4, description="SR factor; the shards need the lr_x<scale> column")
+    scale: Scale = Field(4, description="SR factor; the shards need the lr_x<scale> column")
     split: Literal["test", "val"] = Field(
         "test", description="test: final comparison (default); val only to look at model selection, never train"
     )
     limit: int | None = Field(None, ge=1, description="evaluate at most this many tiles (smoke runs); null: all")
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, value: int) -> int:
-        if value not in SUPPORTED_SCALES:
-            raise ValueError(f"scale {value} not supported; choose one of {list(SUPPORTED_SCALES)}")
-        return value
 
     @property
     def name(self) -> str:

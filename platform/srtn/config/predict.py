@@ -14,11 +14,10 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from srtn.config.base import StrictModel
 from srtn.config.tile import TissueConfig
-from srtn.schema import SUPPORTED_SCALES
+from srtn.vocab import BICUBIC, check_scale
 
-__all__ = ["BICUBIC", "PredictConfig", "PredictTissueConfig", "PredictTrackingConfig", "Region", "parse_region"]
+__all__ = ["PredictConfig", "PredictTissueConfig", "PredictTrackingConfig", "Region", "parse_region"]
 
-BICUBIC = "bicubic"
 """The model name that means "no network": bicubic interpolation (needs `scale`)."""
 
 Region = tuple[int, int, int, int]
@@ -95,9 +94,7 @@ class PredictConfig(StrictModel):
             if info.data.get("model") == BICUBIC:
                 raise ValueError("model 'bicubic' needs a scale (e.g. scale: 4)")
             return None
-        if value not in SUPPORTED_SCALES:
-            raise ValueError(f"scale {value} not supported; choose one of {list(SUPPORTED_SCALES)}")
-        return value
+        return check_scale(value)
 
     @field_validator("region", mode="before")
     @classmethod

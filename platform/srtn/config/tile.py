@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from srtn.config.base import DataJobConfig, StrictModel
-from srtn.schema import SUPPORTED_SCALES
-from srtn.tiles import DownsampleMethod, QualityThresholds
+from srtn.config.base import DataJobConfig, Scale, StrictModel
+from srtn.vocab import DownsampleMethod, QualityThresholds
 
 __all__ = ["TileConfig", "SLIDE_EXTENSIONS"]
 
@@ -44,15 +43,12 @@ class TissueConfig(StrictModel):
 
 
 class LowResConfig(StrictModel):
-    scales: list[int] = Field(default_factory=lambda: [4, 8], min_length=1)
+    scales: list[Scale] = Field(default_factory=lambda: [4, 8], min_length=1)
     method: DownsampleMethod = "lanczos"
 
     @field_validator("scales")
     @classmethod
-    def _supported(cls, scales: list[int]) -> list[int]:
-        bad = [s for s in scales if s not in SUPPORTED_SCALES]
-        if bad:
-            raise ValueError(f"unsupported scale(s) {bad}; choose from {list(SUPPORTED_SCALES)}")
+    def _sorted(cls, scales: list[int]) -> list[int]:
         return sorted(set(scales))
 
 

@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from srtn.config.base import StrictModel
-from srtn.schema import SUPPORTED_SCALES
+from srtn.config.base import Scale, StrictModel
 
 __all__ = [
     "AugmentConfig",
@@ -37,7 +36,7 @@ class AugmentConfig(StrictModel):
 class DataConfig(StrictModel):
     shards: str = Field(description="tile shards folder (local or s3://): OUT of srtn tile / srtn breakhis")
     dataset: str | None = Field(None, description="dataset name for run names/experiment; default: folder name")
-    scale: int = Field(4, description="SR factor; the shards need the lr_x<scale> column")
+    scale: Scale = Field(4, description="SR factor; the shards need the lr_x<scale> column")
     patch_size: int | None = Field(48, ge=4, description="LR train patch side (HR = patch*scale); null: whole tiles")
     val_crop: int | None = Field(None, ge=4, description="LR centre crop of val tiles; null: whole tiles")
     cache_val: bool = Field(True, description="rank 0 keeps decoded val tiles in memory after the first epoch")
@@ -46,12 +45,6 @@ class DataConfig(StrictModel):
     limit_val: int | None = Field(None, ge=1, description="use at most this many val rows")
     shuffle_buffer: int = Field(256, ge=0, description="rows in each worker's local shuffle buffer; 0: off")
     seed: int = Field(0, description="seed of the per-epoch file order and of model init")
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.scale not in SUPPORTED_SCALES:
-            raise ValueError(f"scale {self.scale} not supported; choose one of {list(SUPPORTED_SCALES)}")
-        return self
 
     @property
     def name(self) -> str:

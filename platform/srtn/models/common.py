@@ -23,8 +23,7 @@ __all__ = [
     "conv3x3",
 ]
 
-SUPPORTED_SCALES: tuple[int, ...] = (2, 3, 4, 8)
-"""Scales every trainable model of the zoo accepts (x2 stages for powers of two, one x3 stage)."""
+from srtn.vocab import SUPPORTED_SCALES  # every trainable model accepts these (x2 stages, or one x3 stage)
 
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
 """Mean RGB of DIV2K in [0, 1], as used by EDSR (Lim et al. 2017) and BasicSR."""

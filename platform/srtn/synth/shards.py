@@ -1,9 +1,9 @@
 """Tiny synthetic tile shards for tests, benchmarks and the demo: no slides, no Ray, seconds to write.
 
 Tiles are H&E-like: a smooth pink (eosin) stroma texture with dark purple (haematoxylin) nuclei blobs,
-so models have edges to learn. LR partners come from `srtn.tiles.downsample`, rows from
-`srtn.schema.empty_row`, files from `srtn.shards.write_source_shards` and a manifest from
-`srtn.manifest`, so the output is laid out exactly as the tiling jobs lay theirs out
+so models have edges to learn. LR partners come from `srtn.data.quality.downsample`, rows from
+`srtn.data.schema.empty_row`, files from `srtn.data.shards.write_source_shards` and a manifest from
+`srtn.data.manifest`, so the output is laid out exactly as the tiling jobs lay theirs out
 (`OUT/split=<split>/<source>.parquet` + `OUT/manifest.json`) and `manifest_hash` works on it.
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from srtn.manifest import build_manifest, write_manifest
-from srtn.schema import SPLITS, empty_row, encode_png, lr_column, tile_id
-from srtn.shards import write_source_shards
-from srtn.tiles import downsample
+from srtn.data.manifest import build_manifest, write_manifest
+from srtn.data.quality import downsample
+from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
+from srtn.data.shards import write_source_shards
+from srtn.vocab import SPLITS
 
 __all__ = ["synthetic_tile", "write_synthetic_shards"]
 

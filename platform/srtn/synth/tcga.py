@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
+from srtn.data.splits import assign_split
 from srtn.pyramid import Flavor, write_pyramid
-from srtn.schema import SPLITS
-from srtn.splits import assign_split
 from srtn.synth.render import SyntheticSlide
+from srtn.vocab import SPLITS
 
 __all__ = ["SlideSpec", "render_slide", "tcga_slide_specs", "write_tcga_slide", "write_tcga_dataset"]
 
@@ -64,7 +64,7 @@ def tcga_slide_specs(slides: int, *, seed: int, fmt: SlideFormat = "mixed") -> l
 
     Names look like ``TCGA-B0-4710-01Z-00-DX1.<UUID>.svs``. Every fifth slide from the fifth on is a
     second slide (DX2) of the previous patient. The first three patients are drawn by rejection sampling
-    so that `srtn.splits.assign_split` (default 8:1:1 ratios, no salt) puts them in train, val and test:
+    so that `srtn.data.splits.assign_split` (default 8:1:1 ratios, no salt) puts them in train, val and test:
     any dataset of three or more slides has all three splits. Later patients are random, so their splits
     follow the 8:1:1 hash.
     """

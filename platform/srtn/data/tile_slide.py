@@ -1,0 +1,180 @@
+"""Slides -> HR/LR tile pairs: the per-slide work, pure Python (no Ray) so tests call it directly.
+
+Read only what is kept: a tissue mask from a small level rules out background without touching
+level 0; the remaining candidates are visited in a seeded random order and reading stops at the
+cap. That keeps a uniform random sample of the passing tiles (the original's random pick) while
+decoding little more than what is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import openslide
+
+from srtn import storage
+from srtn.config.tile import TileConfig
+from srtn.data.barcodes import patient_from_name
+from srtn.data.quality import downsample, rejection_reason
+from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
+from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tile_grid, tissue_mask
+from srtn.data.splits import assign_split, spatial_block_id
+from srtn.errors import SlideError
+
+__all__ = ["SlideResult", "tile_slide", "candidate_order", "group_mode", "source_id_for"]
+
+
+@dataclass
+class SlideResult:
+    """Rows kept from one slide and its manifest record."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def source_id_for(uri: str) -> str:
+    """Slide id: the file name without its extension (TCGA barcodes keep their dots)."""
+    name = storage.basename(uri)
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot else name
+
+
+def group_mode(cfg: TileConfig, n_slides: int) -> str:
+    """Resolve `split.by: auto`: spatial blocks for a single-slide dataset, else patient/slide."""
+    if cfg.split.by != "auto":
+        return cfg.split.by
+    return "spatial" if n_slides == 1 else "patient"
+
+
+def _seed_for(source_id: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{source_id}".encode()).digest()[:8], "big")
+
+
+def candidate_order(candidates: list[tuple[int, int]], *, source_id: str, seed: int) -> list[tuple[int, int]]:
+    """Candidates in a random order fixed by (seed, slide): the same every run, independent per slide."""
+    rng = np.random.default_rng(_seed_for(source_id, seed))
+    return [candidates[i] for i in rng.permutation(len(candidates))]
+
+
+class _Reader:
+    """Holds an open slide and reopens it after a failed read (OpenSlide errors are sticky)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cm = open_slide(path)
+        self.slide: openslide.OpenSlide = self._cm.__enter__()
+
+    def reopen(self) -> None:
+        self.close()
+        self._cm = open_slide(self.path)
+        self.slide = self._cm.__enter__()
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+def _group_for(mode: str, source_id: str, x0: int, y0: int, block_size: int) -> str:
+    if mode == "spatial":
+        return spatial_block_id(source_id, x0, y0, block_size)
+    if mode == "patient":
+        return patient_from_name(source_id) or source_id
+    return source_id
+
+
+def tile_slide(local_path: str, *, source_id: str, cfg: TileConfig, group: str = "patient") -> SlideResult:
+    """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable."""
+    reader = _Reader(local_path)
+    try:
+        return _tile_open_slide(reader, source_id=source_id, cfg=cfg, group=group)
+    finally:
+        reader.close()
+
+
+def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group: str) -> SlideResult:
+    slide = reader.slide
+    info: SlideInfo = slide_info(slide, reader.path)
+    level, size, step = cfg.tiles.level, cfg.tiles.size, cfg.tiles.step
+    if level >= len(info.level_dimensions):
+        n = len(info.level_dimensions)
+        raise SlideError(f"tiles.level {level} does not exist (the slide has {n} levels)", path=reader.path)
+    try:
+        mask, mask_ds = tissue_mask(
+            slide,
+            target_size=cfg.tissue.target_size,
+            min_saturation=cfg.tissue.min_saturation,
+            max_gray=cfg.tissue.max_gray,
+        )
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"cannot read the low-resolution level for the tissue mask: {exc}", path=reader.path) from exc
+
+    level_ds = info.level_downsamples[level]
+    w, h = info.level_dimensions[level]
+    grid = tile_grid(w, h, size=size, stride=step)
+    size0 = size * level_ds
+    candidates = [
+        (x, y)
+        for x, y in grid
+        if mask_fraction(mask, mask_ds, int(x * level_ds), int(y * level_ds), size0) >= cfg.tissue.min_fraction
+    ]
+    counts: Counter[str] = Counter()
+    rows: list[dict[str, Any]] = []
+    thresholds = cfg.filters.thresholds()
+    errors = 0
+    for x, y in candidate_order(candidates, source_id=source_id, seed=cfg.seed):
+        if len(rows) >= cfg.max_tiles_per_slide:
+            break
+        x0, y0 = round(x * level_ds), round(y * level_ds)
+        try:
+            hr = read_rgb(reader.slide, x0, y0, level, size, size)
+        except openslide.OpenSlideError as exc:
+            counts["read_error"] += 1
+            errors += 1
+            if errors >= cfg.execution.max_read_errors:
+                raise SlideError(f"{errors} tile reads failed, last: {exc}", path=reader.path) from exc
+            reader.reopen()
+            continue
+        counts["decoded"] += 1
+        reason = rejection_reason(hr, thresholds)
+        if reason:
+            counts[reason] += 1
+            continue
+        row = empty_row()
+        grp = _group_for(group, source_id, x0, y0, cfg.split.block_size)
+        row.update(
+            tile_id=tile_id(source_id, level, x0, y0, extra=f"s{size}"),
+            source_id=source_id,
+            group_id=grp,
+            split=assign_split(grp, cfg.split.ratios, salt=cfg.split.salt),
+            x=x0,
+            y=y0,
+            level=level,
+            mpp=info.mpp_at(level),
+            hr=encode_png(hr),
+            hr_height=size,
+            hr_width=size,
+            origin="downsampled",
+            augmented=False,
+        )
+        for scale in cfg.lr.scales:
+            row[lr_column(scale)] = encode_png(downsample(hr, scale, cfg.lr.method))
+        rows.append(row)
+
+    rejected = {k: v for k, v in counts.items() if k not in ("decoded",)}
+    record = {
+        "source_id": source_id,
+        "status": "done",
+        "grid_tiles": len(grid),
+        "tissue_candidates": len(candidates),
+        "seen": counts["decoded"],
+        "decoded": counts["decoded"],
+        "kept": len(rows),
+        "rejected": dict(sorted(rejected.items())),
+        "mpp": info.mpp,
+        "vendor": info.vendor,
+        "dimensions": list(info.dimensions),
+    }
+    return SlideResult(rows=rows, record=record)
