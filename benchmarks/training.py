@@ -128,8 +128,8 @@ def plain_loop(args: argparse.Namespace, shards: str) -> list[tuple[float, float
     import torch
 
     from srtn.config.train import OptimConfig
+    from srtn.data.reader import read_split_table
     from srtn.data.schema import decode_png
-    from srtn.data.shards import read_split_table
     from srtn.models import build_model
     from srtn.train.augment import aligned_crop, augment_pair, decode_train_batch
     from srtn.train.step import build_trainables, train_step

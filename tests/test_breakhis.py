@@ -16,12 +16,12 @@ import pytest
 
 from srtn.config.base import load_config
 from srtn.config.breakhis import BreakHisConfig
-from srtn.data import shards
 from srtn.data.breakhis.index import index_files, index_tree, parse_name
 from srtn.data.breakhis.job import run_breakhis
 from srtn.data.breakhis.pairs import best_match, copy_paste, crop_origin, crop_pair
 from srtn.data.breakhis.patient import process_patient
 from srtn.data.manifest import read_manifest, read_status
+from srtn.data.reader import read_split_table
 from srtn.data.schema import decode_png
 from srtn.errors import ConfigError
 from srtn.synth.breakhis import enlarge, he_texture, write_breakhis_tree
@@ -42,7 +42,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _rows(out: Path) -> dict[str, list[dict]]:
-    return {s: shards.read_split_table(str(out), s).to_pylist() for s in SPLITS}
+    return {s: read_split_table(str(out), s).to_pylist() for s in SPLITS}
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_search_scope_all_and_downsampled_mode(built: tuple[BreakHisConfig, int]
     assert wide["matches"] == read_status(config.output, unit.patient_id)["matches"]
     down = process_patient(unit, _config(tree, tmp_path / "down", "lr_mode=downsampled", "downsample_method=area"))
     assert down["status"] == "done" and down["stages"]["pairs"] == len(unit.hr)
-    rows = [r for s in SPLITS for r in shards.read_split_table(str(tmp_path / "down"), s).to_pylist()]
+    rows = [r for s in SPLITS for r in read_split_table(str(tmp_path / "down"), s).to_pylist()]
     assert rows and all(r["origin"] == "downsampled" and r["match_score"] is None for r in rows)
     for r in rows:  # area downsampling of the (augmented) HR is the LR, exactly
         down_lr = cv2.resize(decode_png(r["hr"]), (65, 65), interpolation=cv2.INTER_AREA)
@@ -228,7 +228,7 @@ def _truth_key(root: Path, image: Path) -> str:
     return f"BreaKHis_v1/{image.relative_to(root).as_posix()}"
 
 
-def test_bad_files_are_reported_not_fatal(tree: Path, tmp_path: Path, ray_session, capsys) -> None:
+def test_bad_files_are_reported_not_fatal(tree: Path, tmp_path: Path, ray_session, caplog) -> None:
     root = tmp_path / "BreaKHis_v1"
     shutil.copytree(tree, root)
     patient_dirs = sorted(p for p in root.glob("histology_slides/breast/*/SOB/*/*") if p.is_dir())
@@ -258,7 +258,7 @@ def test_bad_files_are_reported_not_fatal(tree: Path, tmp_path: Path, ray_sessio
     status = {rec["source_id"]: rec["status"] for rec in manifest["sources"]}
     assert status.pop(no_lr) == "skipped" and set(status.values()) == {"done"}
     assert manifest["totals"]["problems"] == {"bad_size": 1, "malformed_name": 1, "no_lr_images": 1, "unreadable": 2}
-    assert "5 problem(s)" in capsys.readouterr().err
+    assert "5 problem(s)" in caplog.text
     assert run_breakhis(config.model_copy(update={"strict": True})) == 1
 
 
@@ -301,3 +301,26 @@ def test_no_patient_done_exits_1(tmp_path: Path) -> None:
     config = _config(tmp_path / "in", tmp_path / "out")
     assert run_breakhis(config) == 1  # nothing to do: Ray is not even started
     assert [p["kind"] for p in read_manifest(config.output)["problems"]] == ["malformed_name"]
+
+
+def test_an_unreadable_image_is_a_problem_and_the_patient_continues(tree: Path, tmp_path: Path) -> None:
+    """A zero-byte 400X PNG (OpenCV raises `cv2.error` on an empty buffer, which sank the whole patient) and a
+    garbage 100X PNG are listed problems of their patient, each named with its reason; the patient's other
+    images still make its rows."""
+    root = tmp_path / "BreaKHis_v1"
+    shutil.copytree(tree, root)
+    unit = next(u for u in index_tree(str(root)).patients if len(u.hr) >= 3 and len(u.lr) >= 2)
+    empty_hr, garbage_lr = Path(unit.hr[0]), Path(unit.lr[-1])
+    empty_hr.write_bytes(b"")
+    garbage_lr.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    rec = process_patient(unit, _config(root, tmp_path / "out"))
+
+    assert rec["status"] == "done", rec.get("error")
+    problems = {p["path"]: p for p in rec["problems"]}
+    assert set(problems) == {str(empty_hr), str(garbage_lr)}
+    assert problems[str(empty_hr)]["kind"] == "unreadable" and "0 bytes" in problems[str(empty_hr)]["error"]
+    assert problems[str(garbage_lr)]["kind"] == "unreadable" and problems[str(garbage_lr)]["error"]
+    rows = read_split_table(str(tmp_path / "out"), rec["split"]).to_pylist()
+    assert rows and len(rows) == rec["kept"] == sum(rec["split_counts"].values())
+    assert {r["source_id"] for r in rows} <= {Path(u).stem for u in unit.hr[1:]}
+    assert rec["stages"]["pairs"] >= 1 and read_status(str(tmp_path / "out"), unit.patient_id)["status"] == "done"

@@ -127,7 +127,7 @@ def _ok(run, what: str) -> None:
 def _check_shards(output: str) -> dict:
     """Manifest: every slide done; row counts per split equal the manifest's; all three splits present."""
     from srtn.data.manifest import read_manifest
-    from srtn.data.shards import read_split_table
+    from srtn.data.reader import read_split_table
 
     manifest = read_manifest(output)
     assert manifest["totals"]["sources"] == 4

@@ -17,14 +17,14 @@ from srtn.config.base import load_config
 from srtn.config.tile import TileConfig
 from srtn.data.manifest import read_manifest
 from srtn.data.quality import downsample, rejection_reason
+from srtn.data.reader import read_split_table
 from srtn.data.schema import decode_png
-from srtn.data.shards import read_split_table
 from srtn.data.tile_job import run_tiling
 from srtn.synth import write_tcga_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 6
-BAD = {"unreadable.svs", "unopenable.tiff", "boxes.png"}
+BAD = {"unreadable.svs", "unopenable.tiff"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def tiled(slides, tmp_path_factory, openslide_fixtures, ray_session):
     truncated = work / "TCGA-TR-0001-01Z-00-DX1.truncated.svs"
     data = slides[0].read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    fixtures = sorted(str(p) for p in openslide_fixtures.iterdir() if p.suffix != ".md")
+    # boxes.png would share the id `boxes` with boxes.tiff (a ConfigError): it is tiled on its own below
+    fixtures = sorted(str(p) for p in openslide_fixtures.iterdir() if p.suffix != ".md" and p.name != "boxes.png")
     inputs = [str(s) for s in slides] + fixtures + [str(truncated)]
     cfg = _config(inputs, work / "out")
     code = run_tiling(cfg)
@@ -74,7 +75,6 @@ def test_bad_files_are_recorded_and_good_slides_complete(tiled, slides):
         assert rec[name]["status"] == "failed", name
         assert rec[name]["error"], name
     assert "Bogus marker length" in rec["unreadable.svs"]["error"] or "tissue mask" in rec["unreadable.svs"]["error"]
-    assert "not a slide" in rec["boxes.png"]["error"]
     assert rec["small.svs"]["status"] == "done" and rec["small.svs"]["kept"] == 0
     assert rec["boxes.tiff"]["status"] == "done"
     for s in slides:
@@ -135,6 +135,8 @@ def test_strict_fails_when_any_slide_fails(tiled, tmp_path, openslide_fixtures):
     assert run_tiling(cfg) == 1
     cfg = _config([str(openslide_fixtures / "boxes.png")], tmp_path / "b")
     assert run_tiling(cfg) == 1  # every slide failed
+    [rec] = read_manifest(str(tmp_path / "b"))["sources"]
+    assert rec["status"] == "failed" and "not a slide" in rec["error"] and rec["files"] == []
 
 
 def test_single_slide_splits_by_spatial_blocks(slides, tmp_path, ray_session):
@@ -197,7 +199,7 @@ def test_kill_and_resume_gives_the_uninterrupted_tile_set(slides, tmp_path, ray_
     proc.wait()
     done_before = len(list(status_dir.glob("*.json")))
     assert not finished_alone and 1 <= done_before < len(slides)
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
 
     resumed = _config(inputs, out)
     assert run_tiling(resumed) == 0

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from shard_utils import list_in_manifest
 
 from srtn.config.base import load_config
 from srtn.config.train import TrainConfig
 from srtn.data.quality import downsample
-from srtn.data.reader import centre_crop, decode_eval_batch
+from srtn.data.reader import centre_crop, decode_eval_batch, read_split_table
 from srtn.data.schema import encode_png
-from srtn.data.shards import read_split_table
 from srtn.errors import ConfigError
 from srtn.synth.shards import synthetic_tile, write_synthetic_shards
 from srtn.train.augment import aligned_crop, augment_pair, decode_train_batch
@@ -76,9 +76,10 @@ def test_train_reads_only_train_rows_and_val_only_val_rows(ray_session, tmp_path
     from srtn.train.datasets import build_datasets
 
     shards = write_synthetic_shards(str(tmp_path / "s"), per_split={"train": 6, "val": 3, "test": 3}, groups=3)
-    # a stray test row inside the val folder must not reach validation either
+    # a stray test row inside a listed file of the val folder must not reach validation either
     stray = read_split_table(shards, "test").slice(0, 1)
     pq.write_table(stray, str(tmp_path / "s" / "split=val" / "stray.parquet"))
+    list_in_manifest(shards, "split=val/stray.parquet", source_id="stray")
     cfg = load_config(TrainConfig, CONFIGS / "tiny.yaml", [f"data.shards={shards}", "data.patch_size=4"])
 
     datasets = build_datasets(cfg, keep_meta=True)
@@ -143,6 +144,7 @@ def test_shards_store_png_columns_uncompressed_and_keep_null_counts(tmp_path):
         (bare / f"split={split}").mkdir(parents=True)
         table = read_split_table(out, split)
         pq.write_table(table, bare / f"split={split}" / "x.parquet", write_statistics=False)
+        list_in_manifest(bare, f"split={split}/x.parquet", source_id="x")  # hand-made, listed as srtn tile would
     check_shards(str(bare), 4)
     with pytest.raises(ConfigError, match="no lr_x8 images"):
         check_shards(str(bare), 8)

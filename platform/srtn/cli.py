@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SrtnError as exc:
         print(f"srtn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; status records make the rerun resume
+        print(f"srtn {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -49,6 +49,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """srtn's own INFO lines as plain messages; anything else (a warning, another library's record, anything
+    when verbose) with its level and logger name."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.verbose and record.name.startswith("srtn") and record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
+
+
 def is_verbose() -> bool:
     """True when the user asked for library internals (`--verbose` or `SRTN_LOG_LEVEL=DEBUG`)."""
     return os.environ.get(LOG_LEVEL_ENV, "").upper() == "DEBUG"
@@ -64,20 +78,20 @@ def configure(*, verbose: bool = False) -> None:
     if verbose:
         os.environ[LOG_LEVEL_ENV] = "DEBUG"
     verbose = is_verbose()
-    srtn_logger = logging.getLogger("srtn")
-    handler = next((h for h in srtn_logger.handlers if isinstance(h, _StderrHandler)), None)
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
         handler = _StderrHandler()
-        srtn_logger.addHandler(handler)
-        srtn_logger.propagate = False
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
-    srtn_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        root.addHandler(handler)  # on the root: records still propagate (pytest's caplog sees them too)
+    handler.setFormatter(_ConsoleFormatter(verbose=verbose))
+    logging.getLogger("srtn").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in _LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     for name in _PACKAGING_NOTICES:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact download
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
         for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category)
 

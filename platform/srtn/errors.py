@@ -6,7 +6,7 @@ record it in a manifest and users can act on it without reading a traceback.
 
 from __future__ import annotations
 
-__all__ = ["SrtnError", "ConfigError", "SlideError", "TrackingError", "ResourceError"]
+__all__ = ["SrtnError", "ConfigError", "ShardError", "SlideError", "TrackingError", "ResourceError"]
 
 
 class SrtnError(Exception):
@@ -20,6 +20,16 @@ class ConfigError(SrtnError):
         super().__init__(message)
         self.key = key
         self.path = path
+
+
+class ShardError(ConfigError):
+    """A shard folder does not match its manifest (missing, extra, changed or unreadable files, a column
+    missing or null); raised before any Ray work. `path` is the folder, `problems` maps each bad file's
+    URI to what is wrong with it."""
+
+    def __init__(self, message: str, *, path: str, problems: dict[str, list[str]], key: str = "data.shards") -> None:
+        super().__init__(message, key=key, path=path)
+        self.problems = problems
 
 
 class SlideError(SrtnError):

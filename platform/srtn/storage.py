@@ -30,6 +30,9 @@ __all__ = [
     "write_bytes",
     "delete",
     "list_files",
+    "list_tree",
+    "file_sizes",
+    "check_writable_folder",
     "stage_local",
 ]
 
@@ -131,6 +134,89 @@ def list_files(uri: str, *, extensions: Sequence[str] | None = None, recursive: 
             continue
         out.append(f"s3://{info.path}" if uri.startswith("s3://") else info.path)
     return sorted(out)
+
+
+def _walk_local(root: str, files: list[str], broken: list[str], unlisted: list[str]) -> None:
+    """Depth-first walk that follows symlinked folders once (a link cycle is visited once) and reports
+    what it cannot use instead of stopping at it."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            unlisted.append(folder)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows symlinks
+                stack.append(entry.path)
+            elif entry.is_file():
+                files.append(entry.path)
+            elif entry.is_symlink():
+                broken.append(entry.path)  # neither file nor folder behind it: dangling
+
+
+def list_tree(uri: str) -> tuple[list[str], list[str], list[str]]:
+    """Every file under a folder or prefix, recursively: `(files, dangling_links, unlistable_folders)`, each
+    sorted; names starting with "." are left out. Local folders are walked with `os.scandir`: pyarrow's
+    selector fails the whole listing on one dangling symlink ("Cannot list directory")."""
+    if is_remote(uri):
+        return list_files(uri), [], []
+    files: list[str] = []
+    broken: list[str] = []
+    unlisted: list[str] = []
+    _walk_local(resolve(uri)[1], files, broken, unlisted)
+    return sorted(files), sorted(broken), sorted(unlisted)
+
+
+def file_sizes(uri: str) -> dict[str, int]:
+    """`{path relative to uri ("/"-separated): size in bytes}` of every file under a folder or prefix; {}
+    when it does not exist. One listing, so checking many files costs one request on an object store."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):  # os.walk: a dangling link in the folder must not fail the listing
+        sizes = {}
+        for folder, _, names in os.walk(path):
+            for name in names:
+                full = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    sizes[os.path.relpath(full, path).replace(os.sep, "/")] = os.stat(full).st_size
+        return sizes
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    prefix = path.rstrip("/") + "/"
+    return {i.path[len(prefix) :]: int(i.size) for i in infos if i.type == pafs.FileType.File}
+
+
+def check_writable_folder(uri: str) -> None:
+    """Raise `ValueError` saying why `uri` cannot take a job's outputs: empty, a file, cannot be created,
+    or not writable (a small probe file is written and deleted). Creates the folder when missing."""
+    if not uri.strip():
+        raise ValueError("is empty: name a folder or an s3:// prefix")
+    fs, path = resolve(uri)
+    try:
+        kind = fs.get_file_info(path).type
+    except OSError as exc:
+        raise ValueError(f"cannot be reached: {exc}") from exc
+    if kind == pafs.FileType.File:
+        raise ValueError("is a file, not a folder")
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot be created: {exc.strerror or exc}") from exc
+    probe = f"{path}/.srtn-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise ValueError(f"is not writable: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 @contextlib.contextmanager

@@ -1,10 +1,12 @@
 """Reading tile shards for training and evaluation: shard checks, one split's rows as a Ray Dataset, and
 the decoding of PNG rows into float HR/LR arrays that both share.
 
-- `read_split(shards, "train")` reads only `OUT/split=train/*.parquet`, `"val"` only `OUT/split=val/...`,
-  and each also filters rows on the `split` column, so a stray row can never move a test tile into
-  validation (the original scripts validated on the test set). One read task per shard file; with a
-  `shuffle_seed` the file order is reshuffled on every execution (epoch), reproducibly.
+- `read_split(shards, "train")` reads only the files `OUT/_manifest.json` lists for train, `"val"` only
+  those of val, after checking them against the manifest (`srtn.data.shard_check`: missing, extra,
+  changed, truncated files, columns, the LR scale); each also filters rows on the `split` column, so a
+  stray row can never move a test tile into validation (the original scripts validated on the test set).
+  One read task per shard file; with a `shuffle_seed` the file order is reshuffled on every execution
+  (epoch), reproducibly.
 - `decode_eval_batch`: whole tiles or centre crops, in file order, no randomness (validation and
   `srtn evaluate`). Training's random crops and flips, and its Ray Datasets, are `srtn.train.augment`
   and `srtn.train.datasets`; they build on `decoded_pairs`, `stack_nchw` and `with_meta` here.
@@ -19,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from srtn import storage
-from srtn.data.schema import decode_png, lr_column
+from srtn.data.schema import TILE_SCHEMA, decode_png, lr_column
+from srtn.data.shard_check import check_shards
 from srtn.data.shards import shard_files
-from srtn.errors import ConfigError
 
 if TYPE_CHECKING:
     import ray.data
@@ -34,6 +36,7 @@ __all__ = [
     "decoded_pairs",
     "read_shard_rows",
     "read_split",
+    "read_split_table",
     "stack_nchw",
     "with_meta",
 ]
@@ -106,62 +109,39 @@ def decode_eval_batch(
 # --------------------------------------------------------------------------- shard checks and reading
 
 
-def _check_scale_present(files: list[str], scale: int) -> None:
-    """Fail before Ray Train starts when the shards hold no LR images at this scale (from the Parquet null
-    counts; from the column itself when a file was written without statistics)."""
-    import pyarrow.parquet as pq
-
-    col = lr_column(scale)
-    fs, path = storage.resolve(files[0])
-    with fs.open_input_file(path) as f:
-        parquet = pq.ParquetFile(f)
-        meta = parquet.metadata
-        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-        if col not in names:
-            raise ConfigError(f"shards {files[0]} have no column {col}", key="data.scale")
-        idx = names.index(col)
-        groups = [meta.row_group(rg) for rg in range(meta.num_row_groups)]
-        stats = [g.column(idx).statistics for g in groups]
-        if all(st is not None and st.has_null_count for st in stats):
-            present = any(st.null_count < g.num_rows for st, g in zip(stats, groups))
-        else:  # written without statistics: read the column itself
-            present = parquet.read(columns=[col]).column(col).null_count < meta.num_rows
-    if present:
-        return
-    raise ConfigError(
-        f"shards {files[0]} hold no {col} images: they were tiled without scale {scale} (lr.scales)",
-        key="data.scale",
-    )
-
-
-def check_shards(shards: str, scale: int) -> None:
-    """Fail before any Ray or MLflow work when `shards` has no train or val files, or no LR at `scale`
-    (`ConfigError` naming `data.shards` / `data.scale`)."""
-    for split in ("train", "val"):
-        files = shard_files(shards, split)
-        if not files:
-            raise ConfigError(
-                f"no {split} shards under {shards} (expected {shards}/split={split}/*.parquet)", key="data.shards"
-            )
-        _check_scale_present(files, scale)
-
-
 def read_shard_rows(
     batch: Mapping[str, Any], *, split: str, columns: list[str], rows_per_block: int = 64
 ) -> Iterator[pa.Table]:
-    """Rows of the shard files named in `batch["path"]` whose `split` column equals `split`, streamed in
-    blocks of at most `rows_per_block` rows (one Parquet record batch at a time, so memory stays bounded)."""
+    """Rows of the shard files named in `batch["path"]` (files of `split`) whose `split` column equals
+    `split`, streamed in blocks of at most `rows_per_block` rows (one Parquet record batch at a time, so
+    memory stays bounded). A file without a `split` column (the split only in its `split=<x>/` folder, as
+    Hive-partitioned writers leave it) gets the column from its folder."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     for uri in batch["path"]:
         fs, path = storage.resolve(str(uri))
         with fs.open_input_file(path) as f:
-            for record_batch in pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, columns=columns):
+            parquet = pq.ParquetFile(f)
+            in_file = [c for c in columns if c in parquet.schema_arrow.names]
+            for record_batch in parquet.iter_batches(batch_size=rows_per_block, columns=in_file):
                 table = pa.Table.from_batches([record_batch])
-                table = table.filter(pc.equal(table["split"], split))
+                if "split" in in_file:
+                    table = table.filter(pc.equal(table["split"], split))
+                elif "split" in columns:
+                    table = table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
                 if table.num_rows:
-                    yield table
+                    yield table.select(columns)
+
+
+def read_split_table(shards: str, split: str, *, columns: list[str] | None = None) -> pa.Table:
+    """The whole split as one table of `TILE_SCHEMA` columns (tests, benchmarks, small datasets): the rows
+    `read_split` streams, from the split's files (`split` from the folder); training streams with Ray Data."""
+    wanted = columns or list(TILE_SCHEMA.names)
+    schema = pa.schema([TILE_SCHEMA.field(c) for c in wanted])
+    blocks = read_shard_rows({"path": shard_files(shards, split)}, split=split, columns=wanted, rows_per_block=1024)
+    tables = [block.cast(schema) for block in blocks]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def read_split(
@@ -174,9 +154,10 @@ def read_split(
     concurrency: int | None = None,
     shuffle_seed: int | None = None,
 ) -> ray.data.Dataset:
-    """Rows of one split (`hr`, `lr_x<scale>`, `tile_id`, `source_id`, `split`): only the files under
-    `split=<split>/`, only rows whose `split` column says so. `shuffle_seed` reshuffles the file order on
-    every execution (epoch), reproducibly.
+    """Rows of one split (`hr`, `lr_x<scale>`, `tile_id`, `source_id`, `split`): only the files the manifest
+    lists for `split`, checked first (`check_shards`: a bad file is a `ShardError` naming it, before any
+    read), only rows whose `split` column says so. `shuffle_seed` reshuffles the file order on every
+    execution (epoch), reproducibly.
 
     One read task per shard file (a source), each `num_cpus` CPUs, instead of `ray.data.read_parquet`:
     in Ray 2.60 `read_parquet` plans a file-listing task that takes a whole CPU (not configurable), which
@@ -186,12 +167,7 @@ def read_split(
     import ray.data
     from ray.data import RandomSeedConfig, TaskPoolStrategy
 
-    files = shard_files(shards, split)
-    if not files:
-        raise ConfigError(
-            f"no {split} shards under {shards} (expected {shards}/split={split}/*.parquet)", key="data.shards"
-        )
-    _check_scale_present(files, scale)
+    files = check_shards(shards, scale, splits=(split,))[split]
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     if shuffle_seed is not None:
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))

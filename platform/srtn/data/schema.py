@@ -1,7 +1,10 @@
 """The tile-row Parquet schema: the one contract between data jobs, training, evaluation.
 
-Every writer starts its rows from `empty_row` and writes them as `TILE_SCHEMA`, every reader imports the
-column names from here. Images are stored as lossless PNG bytes (RGB uint8) so shards are portable and compact.
+Every writer starts its rows from `empty_row`, every reader imports the column names from here. Images are
+stored as lossless PNG bytes (RGB uint8) so shards are portable and compact. A row's `split` is its folder
+(`OUT/split=<split>/`, Hive-style) and not a column of the file (`FILE_SCHEMA`): a file column beside the
+folder key makes pandas' `read_parquet(OUT)` fail ("Field split has incompatible types"), as it would Spark's.
+Readers add it back from the folder (`srtn.data.reader`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pyarrow as pa
 from srtn.vocab import check_scale
 
 __all__ = [
+    "FILE_SCHEMA",
     "TILE_SCHEMA",
     "COLUMNS",
     "lr_column",
@@ -48,6 +52,7 @@ TILE_SCHEMA = pa.schema(
         pa.field("match_score", pa.float64()),  # template-matching score for origin=matched
     ]
 )
+FILE_SCHEMA = TILE_SCHEMA.remove(TILE_SCHEMA.get_field_index("split"))  # what a shard file holds
 COLUMNS: tuple[str, ...] = tuple(TILE_SCHEMA.names)
 IMAGE_COLUMNS: tuple[str, ...] = ("hr", "lr_x2", "lr_x3", "lr_x4", "lr_x8")  # PNG bytes: already compressed
 

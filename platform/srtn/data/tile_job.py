@@ -1,78 +1,99 @@
 """`srtn tile`: the Ray Data pipeline over slides, resume, manifest and summary.
 
-One Ray task per slide (never per tile): each task tiles its slide and writes that slide's shard
-files and status record itself, so memory does not grow with the number of slides, the driver only
-ever holds small status records, and a rerun skips slides whose record says done.
+One Ray task per slide (never per tile): each task tiles its slide and publishes that slide's shard files
+(all splits or none) and then its status record, so memory does not grow with the number of slides and the
+driver only ever holds small status records.
+
+The folder is what `OUT/_manifest.json` says (`srtn.data.manifest`): before Ray starts, the input is listed
+(ids that cannot collide, `data.inputs`) and the output checked (writable, not a file); a slide is resumed
+only if its record has this config's fingerprint and its files are on disk with their recorded sizes, else
+it is re-tiled; at the end every shard file and status record the run did not produce or keep is deleted
+and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when slides failed beyond
+`strict`/all-failed or an output could not be written, 0 otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from srtn import storage
 from srtn.config.tile import TileConfig
-from srtn.data.manifest import build_manifest, read_status, summary_table, write_manifest, write_status
-from srtn.data.shards import write_source_shards
-from srtn.data.tile_slide import group_mode, source_id_for, tile_slide
-from srtn.errors import ConfigError, SlideError
+from srtn.data.inputs import list_inputs
+from srtn.data.manifest import (
+    build_manifest,
+    check_output,
+    commit_manifest,
+    fingerprint,
+    is_done,
+    read_status,
+    remove_manifest,
+    summary_table,
+    write_status,
+)
+from srtn.data.shards import existing_shards, remove_source_files, write_source_files
+from srtn.data.tile_slide import group_mode, tile_slide
+from srtn.errors import SlideError
 
-__all__ = ["list_slides", "process_slide", "run_tiling", "tile_dataset"]
+__all__ = ["NOT_ROW_KEYS", "tile_fingerprint", "process_slide", "run_tiling", "tile_dataset", "exit_code"]
 
 logger = logging.getLogger(__name__)
 
-
-def list_slides(cfg: TileConfig) -> list[str]:
-    """Slides named by `input`: a folder or s3:// prefix, a .txt file list, a single file, or a list."""
-    entries: Sequence[str] = cfg.input if isinstance(cfg.input, list) else [cfg.input]
-    uris: list[str] = []
-    for entry in entries:
-        if entry.endswith((".txt", ".lst")) and storage.exists(entry):
-            base = Path(entry).parent
-            for line in storage.read_bytes(entry).decode().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    uris.append(line if storage.is_remote(line) or Path(line).is_absolute() else str(base / line))
-            continue
-        fs, path = storage.resolve(entry)
-        info = fs.get_file_info(path)
-        if info.type.name == "Directory":
-            uris.extend(storage.list_files(entry, extensions=cfg.extensions))
-        else:
-            uris.append(entry)  # an explicitly named file is always attempted (and fails loudly if bad)
-    if not uris:
-        raise ConfigError(f"input {cfg.input!r} names no slides (extensions {cfg.extensions})", key="input")
-    return uris
+NOT_ROW_KEYS: tuple[str, ...] = ("input", "output", "extensions", "execution", "overwrite", "strict")
+"""Config keys that never change a slide's rows; every other key is in the fingerprint (a new key is too,
+so forgetting one here costs a re-tile, never a stale shard)."""
 
 
-def _unique_ids(uris: list[str]) -> list[tuple[str, str]]:
-    """(uri, source_id) pairs; two files with one name in different folders get a path-hash suffix."""
-    ids = [source_id_for(u) for u in uris]
-    dup = {i for i, n in Counter(ids).items() if n > 1}
-    return [(u, f"{i}-{hashlib.sha1(u.encode()).hexdigest()[:6]}" if i in dup else i) for u, i in zip(uris, ids)]
+def tile_fingerprint(cfg: TileConfig, group: str) -> str:
+    """Fingerprint of what changes rows: tiles, filters, tissue, lr, split (with `auto` resolved, since one
+    slide is split spatially and more by patient), max_tiles_per_slide, seed."""
+    rows = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_ROW_KEYS}
+    return fingerprint(rows | {"split_mode": group})
 
 
-def process_slide(item: dict[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
-    """Tile one slide, write its shards and status record; never raises for a bad slide."""
-    uri, source_id = item["uri"], item["source_id"]
-    start = time.perf_counter()
+def _failed(output: str, source_id: str, error: str, *, output_error: bool = False) -> dict[str, Any]:
+    """A failed slide's record; whatever it had published before is withdrawn (a failure publishes nothing)."""
+    record: dict[str, Any] = {"source_id": source_id, "status": "failed", "error": error, "kept": 0, "seen": 0}
+    record |= {"files": [], "split_counts": {}}
+    if output_error:
+        record["output_error"] = True
+    try:
+        remove_source_files(output, source_id)
+    except OSError as exc:
+        record |= {"output_error": True, "error": f"{error}; and its old shards cannot be removed: {exc}"}
+    return record
+
+
+def _tile_and_publish(uri: str, source_id: str, cfg: TileConfig, group: str) -> dict[str, Any]:
     try:
         with storage.stage_local(uri) as local:
             result = tile_slide(local, source_id=source_id, cfg=cfg, group=group)
-        split_counts = write_source_shards(result.rows, cfg.output, source_id)
-        record = result.record | {"split_counts": split_counts}
     except SlideError as exc:
-        record = {"source_id": source_id, "status": "failed", "error": exc.reason, "kept": 0, "seen": 0}
+        return _failed(cfg.output, source_id, exc.reason)
     except Exception as exc:  # a slide must never kill the job: record what happened
-        record = {"source_id": source_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        record |= {"kept": 0, "seen": 0}
-    record |= {"uri": uri, "seconds": round(time.perf_counter() - start, 3)}
-    write_status(cfg.output, record)
+        return _failed(cfg.output, source_id, f"{type(exc).__name__}: {exc}")
+    try:
+        files = write_source_files(result.rows, cfg.output, source_id)
+    except Exception as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
+        return _failed(cfg.output, source_id, f"cannot write its shards: {exc}", output_error=True)
+    return result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
+
+
+def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
+    """Tile one slide, publish its shards, then its status record; never raises for a bad slide or a bad
+    write (both become a `failed` record)."""
+    uri, source_id = item["uri"], item["source_id"]
+    start = time.perf_counter()
+    record = _tile_and_publish(uri, source_id, cfg, group)
+    record |= {"uri": uri, "path": uri, "fingerprint": tile_fingerprint(cfg, group)}
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    try:
+        write_status(cfg.output, record)
+    except Exception as exc:  # without its record the slide cannot be resumed: count it as not written
+        record = _failed(cfg.output, source_id, f"cannot write its status record: {exc}", output_error=True)
+        record |= {"uri": uri, "path": uri, "fingerprint": tile_fingerprint(cfg, group)}
     return record
 
 
@@ -91,27 +112,44 @@ def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> lis
     )
 
 
+def exit_code(records: list[Mapping[str, Any]], *, strict: bool, what: str = "slides") -> int:
+    """1 when an output could not be written, every source failed, or any failed with `strict`; else 0."""
+    failed = [r for r in records if r["status"] == "failed"]
+    if any(r.get("output_error") for r in failed):
+        logger.error("outputs of %d %s could not be written; see the manifest", len(failed), what)
+        return 1
+    if failed:
+        logger.warning("%d of %d %s failed; see the manifest", len(failed), len(records), what)
+    return 1 if failed and (strict or len(failed) == len(records)) else 0
+
+
 def run_tiling(cfg: TileConfig) -> int:
-    """The `srtn tile` job. Exit 0 unless every slide failed, or any failed with `strict`."""
-    slides = _unique_ids(list_slides(cfg))
-    group = group_mode(cfg, len(slides))
+    """The `srtn tile` job (exit codes in the module docstring). Bad input or output: `ConfigError` before
+    Ray starts."""
+    found = list_inputs(cfg.input, extensions=cfg.extensions, output=cfg.output)  # first: it writes nothing
+    check_output(cfg.output)
+    group = group_mode(cfg, len(found.slides))
+    fp = tile_fingerprint(cfg, group)
+    existing = existing_shards(cfg.output)
+    remove_manifest(cfg.output)  # from here until the end the folder is "being written"
     todo, records = [], []
-    for uri, source_id in slides:
-        previous = None if cfg.overwrite else read_status(cfg.output, source_id)
-        if previous and previous.get("status") == "done":
-            records.append(previous | {"resumed": True})
+    for slide in found.slides:
+        previous = None if cfg.overwrite else read_status(cfg.output, slide.source_id)
+        if is_done(previous, fingerprint=fp, existing=existing):
+            records.append(previous | {"resumed": True, "uri": slide.uri, "path": slide.uri})
         else:
-            todo.append({"uri": uri, "source_id": source_id})
-    print(f"srtn tile: {len(slides)} slides, {len(records)} already done, {len(todo)} to tile -> {cfg.output}")
+            todo.append({"uri": slide.uri, "source_id": slide.source_id})
+    print(f"srtn tile: {len(found.slides)} slides, {len(records)} already done, {len(todo)} to tile -> {cfg.output}")
     if todo:
         records.extend(tile_dataset(cfg, todo, group))
-    manifest = build_manifest(cfg.model_dump(mode="json") | {"split_mode": group}, records, job="tile")
-    uri = write_manifest(cfg.output, manifest)
+    config = cfg.model_dump(mode="json") | {"split_mode": group}
+    manifest = build_manifest(config, records, job="tile", fingerprint=fp, skipped=found.skipped)
+    try:
+        uri = commit_manifest(cfg.output, manifest)
+    except OSError as exc:
+        print(summary_table(manifest))
+        logger.error("the shard folder %s could not be completed, no manifest written: %s", cfg.output, exc)
+        return 1
     print(summary_table(manifest))
     print(f"manifest: {uri}")
-    failed = manifest["totals"]["status"].get("failed", 0)
-    if failed:
-        logger.warning("%d of %d slides failed; see the manifest", failed, len(records))
-    if failed and (cfg.strict or failed == len(records)):
-        return 1
-    return 0
+    return exit_code(manifest["sources"], strict=cfg.strict)

@@ -19,6 +19,7 @@ import openslide
 from srtn import storage
 from srtn.config.tile import TileConfig
 from srtn.data.barcodes import patient_from_name
+from srtn.data.inputs import slide_id
 from srtn.data.quality import downsample, rejection_reason
 from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
 from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tile_grid, tissue_mask
@@ -37,10 +38,9 @@ class SlideResult:
 
 
 def source_id_for(uri: str) -> str:
-    """Slide id: the file name without its extension (TCGA barcodes keep their dots)."""
-    name = storage.basename(uri)
-    stem, dot, _ = name.rpartition(".")
-    return stem if dot else name
+    """Slide id of a file named on its own: its name without the extension (TCGA barcodes keep their dots),
+    made safe and unique as every id is (`srtn.data.inputs.slide_id`)."""
+    return slide_id(storage.basename(uri))
 
 
 def group_mode(cfg: TileConfig, n_slides: int) -> str:
@@ -77,16 +77,40 @@ class _Reader:
         self._cm.__exit__(None, None, None)
 
 
-def _group_for(mode: str, source_id: str, x0: int, y0: int, block_size: int) -> str:
+def _group_for(mode: str, source_id: str, name: str, x0: int, y0: int, block_size: int) -> str:
+    """The split unit of a tile: a spatial block, the patient of a TCGA file name (whatever folder the
+    slide's id came from), or the slide."""
     if mode == "spatial":
         return spatial_block_id(source_id, x0, y0, block_size)
     if mode == "patient":
-        return patient_from_name(source_id) or source_id
+        return patient_from_name(name) or source_id
     return source_id
+
+
+def _check_readable(path: str) -> None:
+    """A file this process may not read says so, instead of OpenSlide's "unsupported format"."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise SlideError("permission denied", path=path) from exc
+    except OSError:
+        pass  # missing, a folder, ...: open_slide names those
+
+
+def _no_tiles_reason(grid: int, candidates: int, decoded: int, size: int, level: int) -> str:
+    if not grid:
+        return f"no tiles: level {level} is smaller than one {size}x{size} tile"
+    if not candidates:
+        return f"no tiles: no tissue found in {grid} grid tiles (tissue.*)"
+    if not decoded:
+        return "no tiles: every candidate tile failed to read"
+    return f"no tiles: all {decoded} decoded tiles were rejected by the filters"
 
 
 def tile_slide(local_path: str, *, source_id: str, cfg: TileConfig, group: str = "patient") -> SlideResult:
     """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable."""
+    _check_readable(local_path)
     reader = _Reader(local_path)
     try:
         return _tile_open_slide(reader, source_id=source_id, cfg=cfg, group=group)
@@ -124,6 +148,7 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
     rows: list[dict[str, Any]] = []
     thresholds = cfg.filters.thresholds()
     errors = 0
+    name = storage.basename(reader.path)
     for x, y in candidate_order(candidates, source_id=source_id, seed=cfg.seed):
         if len(rows) >= cfg.max_tiles_per_slide:
             break
@@ -143,7 +168,7 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
             counts[reason] += 1
             continue
         row = empty_row()
-        grp = _group_for(group, source_id, x0, y0, cfg.split.block_size)
+        grp = _group_for(group, source_id, name, x0, y0, cfg.split.block_size)
         row.update(
             tile_id=tile_id(source_id, level, x0, y0, extra=f"s{size}"),
             source_id=source_id,
@@ -177,4 +202,6 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
         "vendor": info.vendor,
         "dimensions": list(info.dimensions),
     }
+    if not rows:  # still done (nothing is wrong with the file), but the summary says so
+        record["warning"] = _no_tiles_reason(len(grid), len(candidates), counts["decoded"], size, level)
     return SlideResult(rows=rows, record=record)

@@ -2,9 +2,10 @@
 
 Tiles are H&E-like: a smooth pink (eosin) stroma texture with dark purple (haematoxylin) nuclei blobs,
 so models have edges to learn. LR partners come from `srtn.data.quality.downsample`, rows from
-`srtn.data.schema.empty_row`, files from `srtn.data.shards.write_source_shards` and a manifest from
+`srtn.data.schema.empty_row`, files from `srtn.data.shards.write_source_files` and a manifest from
 `srtn.data.manifest`, so the output is laid out exactly as the tiling jobs lay theirs out
-(`OUT/split=<split>/<source>.parquet` + `OUT/manifest.json`) and `manifest_hash` works on it.
+(`OUT/split=<split>/<source>.parquet` + `OUT/_manifest.json` listing every file, nothing else under
+`split=*/`) and readers and `manifest_hash` work on it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from srtn.data.manifest import build_manifest, write_manifest
+from srtn.data.manifest import build_manifest, commit_manifest, fingerprint, remove_manifest
 from srtn.data.quality import downsample
 from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
-from srtn.data.shards import write_source_shards
+from srtn.data.shards import write_source_files
 from srtn.vocab import SPLITS
 
 __all__ = ["synthetic_tile", "write_synthetic_shards"]
@@ -72,6 +73,10 @@ def write_synthetic_shards(
         if hr_size % s:
             raise ValueError(f"hr_size {hr_size} is not divisible by scale {s}")
     rng = np.random.default_rng(seed)
+    config = {"synthetic": True, "per_split": per_split, "hr_size": hr_size, "scales": list(scales), "seed": seed}
+    config["groups"] = dict(groups) if isinstance(groups, Mapping) else groups
+    fp = fingerprint(config)
+    remove_manifest(output)
     records: list[dict[str, Any]] = []
     for split in SPLITS:
         n = int(per_split.get(split, 0))
@@ -102,17 +107,9 @@ def write_synthetic_shards(
                 row[lr_column(s)] = encode_png(downsample(hr, s))
             rows_by_source[source].append(row)
         for source, rows in rows_by_source.items():
-            counts = write_source_shards(rows, output, source)
-            records.append(
-                {
-                    "source_id": source,
-                    "status": "done",
-                    "seen": len(rows),
-                    "kept": len(rows),
-                    "rejected": {},
-                    "split_counts": counts,
-                }
-            )
-    config = {"synthetic": True, "per_split": per_split, "hr_size": hr_size, "scales": list(scales), "seed": seed}
-    write_manifest(output, build_manifest(config, records, job="synthetic"))
+            files = write_source_files(rows, output, source)
+            record = {"source_id": source, "status": "done", "seen": len(rows), "kept": len(rows), "rejected": {}}
+            record |= {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
+            records.append(record | {"path": f"synthetic:{source}", "fingerprint": fp})
+    commit_manifest(output, build_manifest(config, records, job="synthetic", fingerprint=fp))
     return output

@@ -8,6 +8,8 @@ loads them from disk: no MLflow global state is read or changed.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,6 +19,8 @@ from srtn.track.uris import client
 
 if TYPE_CHECKING:
     from torch import nn
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["fluent_tracking_uri", "load_model", "log_model", "pin_model_uri", "register_model"]
 
@@ -41,6 +45,22 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env  # ...so put the variable back
 
 
+@contextlib.contextmanager
+def _registry_notices_to_log() -> Iterator[None]:
+    """MLflow's fluent registry prints "Successfully registered model ..." and "Created version ..." to stderr;
+    the jobs report the registered version themselves, so those lines go to the debug log (shown verbose)."""
+    from srtn.console import is_verbose
+
+    if is_verbose():
+        yield
+        return
+    notices = io.StringIO()
+    with contextlib.redirect_stderr(notices):
+        yield
+    for line in notices.getvalue().splitlines():
+        logger.debug("mlflow: %s", line)
+
+
 def log_model(
     uri: str,
     run_id: str,
@@ -55,7 +75,11 @@ def log_model(
 
     from srtn.models.serialization import log_sr_model
 
-    with fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    with (
+        fluent_tracking_uri(uri),
+        _registry_notices_to_log(),
+        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+    ):
         info = log_sr_model(model, name="model", registered_model_name=registered_model_name, example_size=example_size)
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, None if version is None else str(version)
@@ -65,7 +89,7 @@ def register_model(uri: str, model_uri: str, name: str, *, tags: Mapping[str, An
     """A new version of registered model `name` from `model_uri` in the store at `uri`; returns the version."""
     import mlflow
 
-    with fluent_tracking_uri(uri):
+    with fluent_tracking_uri(uri), _registry_notices_to_log():
         return str(mlflow.register_model(model_uri, name, tags=dict(tags)).version)
 
 

@@ -188,7 +188,7 @@ def _provenance_tags(cfg: TrainConfig) -> dict[str, Any]:
     try:
         data_hash = manifest_hash(cfg.data.shards)
     except (OSError, ValueError, KeyError):
-        data_hash = "unknown (no manifest.json)"
+        data_hash = "unknown (no _manifest.json)"
     return {
         "srtn.param_count": sum(p.numel() for p in model.parameters()),
         "srtn.shards_manifest_hash": data_hash,
@@ -253,8 +253,10 @@ def fit(
     callbacks: Sequence[Any] = (),
 ) -> TrainingOutcome:
     """Train `cfg` end to end and return where everything is. Raises `TrackingError` before any Ray work
-    when the tracking server is unreachable; re-raises Ray's `TrainingFailedError` (the MLflow run is
-    then marked FAILED; running again with the same run name resumes it)."""
+    when the tracking server is unreachable, and `ShardError` (naming every bad file) when the train or val
+    shards do not match their manifest (missing, extra, truncated or changed files, no `lr_x<scale>`), so a
+    bad shard never reaches Ray Train; re-raises Ray's `TrainingFailedError` (the MLflow run is then marked
+    FAILED; running again with the same run name resumes it)."""
     from srtn.data.reader import check_shards
     from srtn.runtime import init_ray
     from srtn.train.progress import epoch_progress

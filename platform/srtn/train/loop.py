@@ -26,6 +26,7 @@ from srtn.config.base import flatten
 from srtn.config.train import TrainConfig
 from srtn.train.batches import EpochBatches, ValBatches
 from srtn.train.checkpoints import STATE_FILE, save_checkpoint
+from srtn.train.progress import epoch_line
 from srtn.train.step import Trainables, build_trainables, in_memory_format, train_step
 
 if TYPE_CHECKING:
@@ -326,18 +327,9 @@ def _log_epoch(
     epochs = w.cfg.optim.epochs
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     log.log_epoch(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
-    # A logger, not print: Train V2 redirects print to its logger *and* tees it to Ray's wrapped
-    # stdout, so every printed line reached the driver twice.
-    logger.info(
-        "epoch %d/%d: train_loss %.5f  val_psnr %.3f dB  val_ssim %.4f  %.1f samples/s  data wait %.0f%%",
-        epoch,
-        epochs,
-        metrics["train_loss"],
-        metrics["val_psnr"],
-        metrics["val_ssim"],
-        metrics["samples_per_second"],
-        100 * metrics["data_wait_share"],
-    )
+    # In the worker's log file (the driver prints the same line, `srtn.train.progress`). A logger, not print:
+    # Train V2 redirects print to its logger *and* tees it to Ray's wrapped stdout.
+    logger.info(epoch_line(metrics, epochs))
     every = w.cfg.run.log_images_every
     if every and samples and (epoch % every == 0 or epoch == epochs):
         log.log_images(epoch, samples, max_rows=w.cfg.run.num_images)

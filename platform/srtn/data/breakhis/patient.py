@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 
 from srtn import storage
@@ -46,7 +47,17 @@ STAGES: tuple[str, ...] = (
 
 
 def _read_rgb(uri: str) -> np.ndarray:
-    return decode_png(storage.read_bytes(uri))
+    """The image as RGB uint8; `ValueError` saying why for any file that is not a decodable image (zero
+    bytes, garbage, truncated), whatever the decoder raised: OpenCV raises `cv2.error`, neither `OSError`
+    nor `ValueError`, on an empty buffer, and one such file must stay one listed problem of its patient."""
+    data = storage.read_bytes(uri)
+    if not data:
+        raise ValueError("empty file (0 bytes): not an image")
+    try:
+        return decode_png(data)
+    except cv2.error as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise ValueError(f"OpenCV cannot decode it ({lines[-1].strip()})") from exc
 
 
 def _image_id(uri: str) -> str:
@@ -216,7 +227,11 @@ def process_patient(unit: PatientUnit, config: BreakHisConfig, *, extra_lr: Sequ
                     rec["unmatched"].append({"hr": image_id, "best_score": best})
                     continue
                 lr_image = colour[match.lr_id]
-                lr_image = _read_rgb(lr_image) if isinstance(lr_image, str) else lr_image
+                try:  # another patient's 100X image (search_scope=all) is re-read when it wins
+                    lr_image = _read_rgb(lr_image) if isinstance(lr_image, str) else lr_image
+                except (OSError, ValueError) as exc:
+                    rec["problems"].append({"path": str(lr_image), "kind": "unreadable", "error": str(exc)})
+                    continue
                 lr_region = lr_image[match.y : match.y + lr_h, match.x : match.x + lr_w]
                 found = {"hr": image_id, "lr": match.lr_id, "x": match.x, "y": match.y, "score": round(match.score, 4)}
                 if (lr_w, lr_h) != tuple(m.lr_size):
