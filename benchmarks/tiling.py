@@ -187,13 +187,14 @@ def worker_srtn(args: argparse.Namespace) -> None:
     """`srtn tile` with the default config; Ray started and warmed before the timer."""
     from srtn.config.base import load_config
     from srtn.config.tile import TileConfig
+    from srtn.data.manifest import read_manifest
     from srtn.data.tile_job import run_tiling
 
     cfg = load_config(TileConfig, CONFIG, [f"input={args.input}", f"output={args.output}"])
     ray_s = start_ray(args.cpus)
     with Timer() as timer:
         rc = run_tiling(cfg)
-    manifest = json.loads((Path(args.output) / "manifest.json").read_text())
+    manifest = read_manifest(args.output)
     sources = manifest["sources"]
     emit(
         {

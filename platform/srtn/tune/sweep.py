@@ -229,13 +229,16 @@ def tune_sweep(cfg: TuneConfig) -> SweepOutcome:
     """Run (or with `cfg.resume`, continue) the sweep and return its best trial and per-trial summary.
 
     Fails before any trial starts: `TrackingError` (tracking server unreachable), `ConfigError` (the sweep
-    folder exists and `resume` is off), `ResourceError` (one trial does not fit the cluster)."""
+    folder exists and `resume` is off), `ShardError` (the shards do not match their manifest),
+    `ResourceError` (one trial does not fit the cluster)."""
     from ray import tune
 
+    from srtn.data.reader import check_shards
     from srtn.runtime import init_ray
 
     uri = track.resolve_tracking_uri(cfg.train.tracking.uri)
     track.check_tracking_server(uri)
+    check_shards(cfg.train.data.shards, cfg.train.data.scale)  # once here, not in every trial after Ray started
     name = cfg.sweep_name()
     sweep_uri = storage.join(_absolute(cfg.storage_path), name)
     fs, sweep_path = storage.resolve(sweep_uri)
