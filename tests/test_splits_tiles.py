@@ -1,4 +1,4 @@
-"""Pure functions: splits, quality filters, downsampling, schema helpers, tile grid."""
+"""Pure functions: splits (by group and by TCGA site), quality filters, downsampling, schema helpers, tile grid."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from srtn.data.barcodes import site_from_name
 from srtn.data.quality import downsample, rejection_reason
 from srtn.data.schema import decode_png, encode_png, lr_column, tile_id
 from srtn.data.slides import mask_fraction, tile_grid
-from srtn.data.splits import assign_split, spatial_block_id
+from srtn.data.splits import assign_split, site_group, site_groups, spatial_block_id
+from srtn.errors import ConfigError
 from srtn.vocab import QualityThresholds
 
 
@@ -125,3 +127,62 @@ def test_lr_column():
     assert lr_column(4) == "lr_x4"
     with pytest.raises(ValueError, match="scale 5 not supported"):
         lr_column(5)
+
+
+# -- split by TCGA tissue source site ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "site", "group", "split"),
+    [
+        ("TCGA-A3-3306-01Z-00-DX1.svs", "A3", "TCGA-A3", "test"),
+        ("TCGA-B0-4710-01Z-00-DX1.7B2F6D6A-8C1E-4C4B-9F1E-2B1A5F0E1234.svs", "B0", "TCGA-B0", "train"),
+        ("s3://bucket/kirc/tcga-cz-5984-01z-00-dx1.svs", "CZ", "TCGA-CZ", "train"),
+        ("TCGA-AK-3456-01Z-00-DX2.tiff", "AK", "TCGA-AK", "val"),
+        ("/data/TCGA-G6-A8L7-01Z-00-DX1.svs", "G6", "TCGA-G6", "val"),
+        ("TCGA-BP-4160", "BP", "TCGA-BP", "test"),
+        ("TCGA-B0-47100-01Z.svs", None, None, None),
+        ("/TCGA-A3-3306/slide.svs", None, None, None),
+        ("CMU-1.svs", None, None, None),
+    ],
+)
+def test_site_table(name, site, group, split):
+    assert site_from_name(name) == site
+    assert site_group(name) == group
+    if group is not None:
+        assert assign_split(group) == split
+
+
+def _cohort(n: int, seed: int) -> list[str]:
+    """`n` TCGA-style slide names over about 40 sites, several patients per site, some with two slides."""
+    rng = np.random.default_rng(seed)
+    alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    sites = sorted({"".join(rng.choice(list(alnum), 2)) for _ in range(40)})
+    names = []
+    for i in range(n):
+        site = sites[int(rng.integers(len(sites)))]
+        patient = "".join(rng.choice(list(alnum), 4))
+        names.append(f"TCGA-{site}-{patient}-01Z-00-DX{1 + i % 2}.{i:04d}.svs")
+    return names
+
+
+def test_site_split_keeps_every_site_in_one_split_and_is_stable_as_slides_are_added():
+    names = _cohort(400, seed=1)
+    groups = site_groups(names)
+    splits = {n: assign_split(g) for n, g in groups.items()}
+    by_site: dict[str, set[str]] = {}
+    for n, split in splits.items():
+        by_site.setdefault(site_from_name(n), set()).add(split)
+    assert all(len(s) == 1 for s in by_site.values())  # no site in two splits
+    assert {next(iter(s)) for s in by_site.values()} == {"train", "val", "test"}
+    more = names + _cohort(200, seed=2)
+    again = {n: assign_split(g) for n, g in site_groups(list(reversed(more))).items()}
+    assert all(again[n] == splits[n] for n in names)  # adding slides moves no slide
+    salted = {n: assign_split(g, salt="other") for n, g in groups.items()}
+    assert salted != splits  # the salt draws another, equally deterministic, assignment
+
+
+def test_site_split_refuses_names_without_a_site():
+    with pytest.raises(ConfigError, match=r"2 of 3 have none: CMU-1\.svs, slide_2\.tiff") as info:
+        site_groups(["TCGA-A3-3306-01Z.svs", "CMU-1.svs", "slide_2.tiff"])
+    assert info.value.key == "split.by"

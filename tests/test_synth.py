@@ -1,4 +1,5 @@
-"""Synthetic TCGA-like slides, opened by the real OpenSlide library, and TCGA barcode parsing."""
+"""Synthetic TCGA-like slides, opened by the real OpenSlide library, their known out-of-focus and ink regions
+(`qc_regions`), and TCGA barcode parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ import pytest
 
 from srtn.data.barcodes import patient_from_name
 from srtn.data.splits import assign_split
-from srtn.synth import render_slide, tcga_slide_specs, write_tcga_dataset, write_tcga_slide
+from srtn.synth import (
+    ArtefactSlide,
+    InkStroke,
+    SyntheticSlide,
+    read_regions,
+    region_shares,
+    regions_path,
+    render_slide,
+    tcga_slide_specs,
+    write_tcga_dataset,
+    write_tcga_slide,
+)
+from srtn.synth.artefacts import INK_TRANSMITTANCE
 
 UUID = r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}"
 NAME_RE = re.compile(rf"^TCGA-[A-Z0-9]{{2}}-[A-Z0-9]{{4}}-01Z-00-DX[12]\.{UUID}\.(svs|tiff)$")
@@ -166,3 +179,87 @@ def test_render_slide_argument_errors():
         render_slide(width=0, height=512, seed=0)
     with pytest.raises(ValueError, match="slides"):
         tcga_slide_specs(-1, seed=0)
+
+
+# -- known out-of-focus and ink regions (qc_regions) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qc_source():
+    return render_slide(width=2048, height=2048, seed=5, qc_regions=True)
+
+
+def test_qc_slide_and_sidecar(tmp_path: Path):
+    [plain] = write_tcga_dataset(tmp_path / "plain", slides=1, seed=4, width=1024, height=1024, fmt="svs")
+    [path] = write_tcga_dataset(tmp_path / "qc", slides=1, seed=4, width=1024, height=1024, fmt="svs", qc_regions=True)
+    assert path.name == plain.name and not regions_path(plain).exists()
+    assert regions_path(path) == path.with_name(path.name + ".regions.json")
+    regions = read_regions(path)
+    assert regions["slide"] == path.name and regions["coordinates"] == "level-0 pixels"
+    assert (regions["width"], regions["height"], regions["mpp"]) == (1024, 1024, 0.25)
+    assert len(regions["blur"]) == 2 and sorted(s["color"] for s in regions["ink"]) == ["black", "blue", "green"]
+    for r in regions["blur"]:
+        assert r["x"] >= 0 and r["x"] + r["w"] <= 1024 and r["y"] >= 0 and r["y"] + r["h"] <= 1024
+        assert 1.5 <= r["sigma"] <= 4.0
+    with openslide.OpenSlide(path) as slide:
+        assert slide.level_dimensions == ((1024, 1024), (512, 512))
+    source = render_slide(width=1024, height=1024, seed=tcga_slide_specs(1, seed=4)[0].seed, qc_regions=True)
+    assert {k: v for k, v in source.regions_json().items()} == {k: v for k, v in regions.items() if k != "slide"}
+    for x, y in [(0, 0), (256, 512), (700, 300)]:
+        assert region_shares(regions, x, y, 256, 256) == source.shares(x, y, 256, 256)
+
+
+def test_qc_regions_are_where_the_sidecar_says(qc_source):
+    base = qc_source.base
+    for r in qc_source.blur:  # inside a box: blurred; the base render is the same place in focus
+        cx, cy = r.x + r.w // 2 - 64, r.y + r.h // 2 - 64
+        sharp, soft = _gray(base(cx, cy, 128, 128)), _gray(qc_source(cx, cy, 128, 128))
+        lap = [float(cv2.Laplacian(t, cv2.CV_32F).var()) for t in (sharp, soft)]
+        if sharp.mean() < 215:  # tissue there (a box is placed on tissue, its middle almost always is)
+            assert lap[1] < 0.2 * lap[0]
+    for stroke in qc_source.ink:  # under a stroke's core: the base's light times the ink's transmittance
+        x, y = stroke.points[0]
+        x0, y0 = max(0, x - 8), max(0, y - 8)
+        cover = stroke.coverage(x0, y0, 16, 16)
+        assert (cover == 1.0).all()
+        expected = base(x0, y0, 16, 16) * INK_TRANSMITTANCE[stroke.color] ** stroke.strength
+        if not any(b.touches(x0, y0, 16, 16, pad=b.margin) for b in qc_source.blur):
+            assert np.abs(qc_source(x0, y0, 16, 16).astype(float) - expected).max() <= 1.0
+    far = [
+        (x, y)
+        for y in range(0, 2048 - 256, 256)
+        for x in range(0, 2048 - 256, 256)
+        if not any(b.touches(x, y, 256, 256, pad=b.margin) for b in qc_source.blur)
+        and not any(s.coverage(x, y, 256, 256).any() for s in qc_source.ink)
+    ]
+    assert far
+    for x, y in far[:4]:  # away from every region the slide is the base slide, pixel for pixel
+        np.testing.assert_array_equal(qc_source(x, y, 256, 256), base(x, y, 256, 256))
+
+
+def test_qc_regions_join_without_seams(qc_source):
+    whole = qc_source(0, 0, 2048, 2048)
+    for r in qc_source.blur:
+        np.testing.assert_array_equal(
+            qc_source(r.x - 7, r.y + 5, 200, 130), whole[r.y + 5 : r.y + 135, r.x - 7 : r.x + 193]
+        )
+    for s in qc_source.ink:
+        x, y = (max(0, v) for v in s.bbox[:2])
+        np.testing.assert_array_equal(qc_source(x + 3, y + 9, 256, 256), whole[y + 9 : y + 265, x + 3 : x + 259])
+
+
+def test_base_without_artefacts_is_the_same_slide():
+    full = render_slide(width=1024, height=1024, seed=9)
+    folds_only = SyntheticSlide(width=1024, height=1024, seed=9, artefacts=("fold",))
+    assert folds_only.artefact_boxes["fold"] == full.artefact_boxes["fold"]
+    assert not folds_only.artefact_boxes["blur"] and not folds_only.artefact_boxes["green_ink"]
+    a, b = full(0, 0, 1024, 1024), folds_only(0, 0, 1024, 1024)
+    differs = np.zeros((1024, 1024), bool)
+    for kind in ("blur", "green_ink", "blue_ink"):
+        for x, y, w, h in full.artefact_boxes[kind]:
+            differs[max(0, y - 64) : y + h + 64, max(0, x - 64) : x + w + 64] = True
+    np.testing.assert_array_equal(a[~differs], b[~differs])
+    with pytest.raises(ValueError, match="unknown artefacts"):
+        SyntheticSlide(width=256, height=256, seed=0, artefacts=("smudge",))
+    with pytest.raises(ValueError, match="unknown ink colour"):
+        ArtefactSlide(folds_only, [], [InkStroke("red", ((0, 0), (10, 10)), 4, 1.0)])

@@ -41,10 +41,14 @@ def check_scale(scale: int, *, what: str = "scale") -> int:
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """The gray-level tile filters (SEED.md); `max_*_fraction` are shares of pixels in [0, 1]."""
+    """The tile filters: the gray-level ones of SEED.md, then focus and pen ink (None = off, the seed's
+    behaviour). `max_*_fraction` are shares of pixels in [0, 1]; `max_blur` bounds the blur effect (0 sharp,
+    1 flat) of the tile's blurriest tissue quarter (`srtn.data.quality.blur_effect`)."""
 
     min_std: float = 30.0
     white_level: int = 200
     black_level: int = 55
     max_white_fraction: float = 0.4
     max_black_fraction: float = 0.4
+    max_ink_fraction: float | None = None
+    max_blur: float | None = None

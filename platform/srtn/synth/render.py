@@ -15,6 +15,8 @@ Colours are mixed in optical density (Beer-Lambert) and converted once per tile.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import cv2
 import numpy as np
 
@@ -83,16 +85,31 @@ class SyntheticSlide:
     The same (seed, size, tissue_fraction, mpp) always gives the same pixels, whatever the order or size
     of the requests. `mpp` scales structure sizes (nuclei, fibres) so that 0.5 mpp looks like 20x.
     `artefact_boxes[kind]` lists level-0 (x, y, w, h) boxes of each artefact (see `ARTEFACTS`), so tests
-    of quality filters can look where the artefacts are.
+    of quality filters can look where the artefacts are. `artefacts` picks which kinds are drawn (all by
+    default); the random draws are the same whatever it holds, so a slide without its pen strokes is the
+    same slide, pixel for pixel, everywhere else.
     """
 
-    def __init__(self, *, width: int, height: int, seed: int, tissue_fraction: float = 0.4, mpp: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        width: int,
+        height: int,
+        seed: int,
+        tissue_fraction: float = 0.4,
+        mpp: float = 0.25,
+        artefacts: Collection[str] = ARTEFACTS,
+    ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"width and height must be positive, got {width}x{height}")
         if not 0.0 < tissue_fraction < 1.0:
             raise ValueError(f"tissue_fraction must be in (0, 1), got {tissue_fraction}")
         if not mpp > 0:
             raise ValueError(f"mpp must be positive, got {mpp}")
+        unknown = sorted(set(artefacts) - set(ARTEFACTS))
+        if unknown:
+            raise ValueError(f"unknown artefacts {unknown}; choose from {list(ARTEFACTS)}")
+        self.artefacts = tuple(k for k in ARTEFACTS if k in artefacts)
         self.width, self.height, self.seed = width, height, seed
         self.tissue_fraction, self.mpp = tissue_fraction, mpp
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
@@ -196,9 +213,20 @@ class SyntheticSlide:
         for _ in range(n):
             pts = walk(start(), int(rng.integers(2, 5)), float(rng.uniform(6, 14)) * scale)
             cv2.polylines(canvases[3], [pts], False, 255, max(1, round(2.0 * scale)), cv2.LINE_AA)
+        for kind, canvas in zip(ARTEFACTS, canvases):
+            if kind not in self.artefacts:
+                canvas[:] = 0
         fields = [cv2.GaussianBlur(c.astype(np.float32) / 255.0, (0, 0), 0.7) for c in canvases]
         self.artefact_boxes = {kind: self._boxes(f) for kind, f in zip(ARTEFACTS, fields)}
         return fields
+
+    def tissue_points(self) -> np.ndarray:
+        """Level-0 (x, y) centres of coarse cells well inside tissue (where artefacts are planted), (n, 2)."""
+        tissue = self._fields_a[: max(1, self.height // LOWRES), : max(1, self.width // LOWRES), 0]
+        cells = np.argwhere(tissue > self._threshold + 0.3)
+        if len(cells) == 0:
+            cells = np.argwhere(tissue >= tissue.max())
+        return (cells[:, ::-1] * LOWRES + LOWRES // 2).astype(np.int64)
 
     def _boxes(self, field: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Level-0 (x, y, w, h) bounding boxes of the solid parts of one artefact field, clipped to the slide."""

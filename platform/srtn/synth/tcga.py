@@ -8,6 +8,7 @@ downloads so that patient grouping and the 8:1:1 patient split run on them uncha
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -18,10 +19,21 @@ import numpy as np
 
 from srtn.data.splits import assign_split
 from srtn.pyramid import Flavor, write_pyramid
+from srtn.synth.artefacts import ArtefactSlide, plan_artefacts
 from srtn.synth.render import SyntheticSlide
 from srtn.vocab import SPLITS
 
-__all__ = ["SlideSpec", "render_slide", "tcga_slide_specs", "write_tcga_slide", "write_tcga_dataset"]
+__all__ = [
+    "SlideSpec",
+    "render_slide",
+    "tcga_slide_specs",
+    "write_tcga_slide",
+    "write_tcga_dataset",
+    "regions_path",
+    "read_regions",
+]
+
+REGIONS_SUFFIX = ".regions.json"
 
 SlideFormat = Literal["svs", "tiff", "mixed"]
 
@@ -43,16 +55,43 @@ class SlideSpec:
 
 
 def render_slide(
-    *, width: int, height: int, seed: int, tissue_fraction: float = 0.4, mpp: float = 0.25
-) -> SyntheticSlide:
+    *,
+    width: int,
+    height: int,
+    seed: int,
+    tissue_fraction: float = 0.4,
+    mpp: float = 0.25,
+    qc_regions: bool = False,
+) -> SyntheticSlide | ArtefactSlide:
     """An H&E-like tile source: ``source(x, y, w, h)`` -> RGB uint8 region at level-0 pixel (x, y).
 
     White glass (~240 gray), tissue blobs covering about `tissue_fraction` of the area with pink stroma
     and purple nuclei, plus green/blue pen strokes, dark folds (gray < 55), blurred patches and pale
     tissue edges. Rendering is per region and deterministic from the seed: memory does not grow with
     the slide.
+
+    `qc_regions=True` draws the same tissue and folds with known artefacts instead of the random ones
+    (`srtn.synth.artefacts`): out-of-focus boxes and a green, a blue and a black marker stroke on tissue,
+    listed in level-0 coordinates by the result's `regions_json()`.
     """
-    return SyntheticSlide(width=width, height=height, seed=seed, tissue_fraction=tissue_fraction, mpp=mpp)
+    if not qc_regions:
+        return SyntheticSlide(width=width, height=height, seed=seed, tissue_fraction=tissue_fraction, mpp=mpp)
+    base = SyntheticSlide(
+        width=width, height=height, seed=seed, tissue_fraction=tissue_fraction, mpp=mpp, artefacts=("fold",)
+    )
+    blur, ink = plan_artefacts(base, seed=seed)
+    return ArtefactSlide(base, blur, ink)
+
+
+def regions_path(slide_path: str | os.PathLike[str]) -> Path:
+    """The sidecar next to a slide written with `qc_regions`: ``<slide file name>.regions.json``."""
+    p = Path(slide_path)
+    return p.with_name(p.name + REGIONS_SUFFIX)
+
+
+def read_regions(slide_path: str | os.PathLike[str]) -> dict:
+    """The sidecar of a slide written with `qc_regions` (see `ArtefactSlide.regions_json`)."""
+    return json.loads(regions_path(slide_path).read_text())
 
 
 def _digest(*parts: object) -> bytes:
@@ -110,11 +149,21 @@ def write_tcga_slide(
     mpp: float = 0.25,
     app_mag: float = 40,
     quality: int = 90,
+    qc_regions: bool = False,
 ) -> Path:
-    """Render and write one planned slide (JPEG tiles, 256 px, x2 levels); for parallel callers."""
+    """Render and write one planned slide (JPEG tiles, 256 px, x2 levels); for parallel callers.
+
+    With `qc_regions` the slide carries known out-of-focus and ink regions (see `render_slide`), written
+    to the sidecar `regions_path(path)` (level-0 coordinates) before the slide itself.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = render_slide(width=width, height=height, seed=spec.seed, tissue_fraction=tissue_fraction, mpp=mpp)
+    source = render_slide(
+        width=width, height=height, seed=spec.seed, tissue_fraction=tissue_fraction, mpp=mpp, qc_regions=qc_regions
+    )
+    if isinstance(source, ArtefactSlide):
+        sidecar = {"slide": path.name} | source.regions_json()
+        regions_path(path).write_text(json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
     extra = {"Filename": path.name.split(".")[0], "ScanScope ID": "SRTN-SYNTH"} if spec.flavor == "aperio" else None
     write_pyramid(
         path,
@@ -143,11 +192,13 @@ def write_tcga_dataset(
     fmt: SlideFormat = "mixed",
     mpp: float = 0.25,
     app_mag: float = 40,
+    qc_regions: bool = False,
 ) -> list[Path]:
     """Write `slides` synthetic slides into `out_dir` (created); return their paths in plan order.
 
     Same arguments, same bytes. With ``fmt="mixed"`` most slides are Aperio SVS and every fourth a
-    generic TIFF. See `tcga_slide_specs` for names, patients and the guaranteed three splits.
+    generic TIFF. See `tcga_slide_specs` for names, patients and the guaranteed three splits. `qc_regions`:
+    known blur and ink regions with a sidecar per slide (`write_tcga_slide`); the tissue is the same.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +211,7 @@ def write_tcga_dataset(
             tissue_fraction=tissue_fraction,
             mpp=mpp,
             app_mag=app_mag,
+            qc_regions=qc_regions,
         )
         for spec in tcga_slide_specs(slides, seed=seed, fmt=fmt)
     ]
