@@ -5,7 +5,7 @@ same work with the same functions -- srtn's own quality filter `srtn.data.qualit
 <= 40% near-white > 200, <= 40% near-black < 55), LR `srtn.data.quality.downsample` (Pillow Lanczos, x4 and x8)
 and PNG encoder `srtn.data.schema.encode_png` -- keeping up to 100 tiles per slide):
 
-  srtn       `run_tiling` with configs/data/tcga_kirc.yaml (input/output overridden), Ray local with
+  srtn       `run_tiling` with configs/data/tcga_kirc_seed.yaml (input/output overridden), Ray local with
              2 CPUs started and warmed (one trivial task per CPU) BEFORE the timer; fresh output dir.
   serial     the original scripts' loop, done competently: per slide, read EVERY level-0 256x256 tile
              with OpenSlide read_region, filter, keep 100 chosen at random among the passing ones,
@@ -52,11 +52,11 @@ sys.path.insert(0, str(HERE))
 
 from _common import RESULT_MARKER, markdown_table, run_measured  # noqa: E402
 
-CONFIG = REPO / "configs" / "data" / "tcga_kirc.yaml"
+CONFIG = REPO / "configs" / "data" / "tcga_kirc_seed.yaml"  # the seed filters: what the baselines implement
 DEFAULT_CACHE = REPO / "runs" / "bench"
 RATIOPATH_PYTHON = DEFAULT_CACHE / "ratiopath-venv" / "bin" / "python"
 
-# Tile size, cap and LR scales of configs/data/tcga_kirc.yaml (checked against it in `main`).
+# Tile size, cap and LR scales of configs/data/tcga_kirc_seed.yaml (checked against it in `main`).
 TILE, KEEP, SCALES = 256, 100, (4, 8)
 PLATFORM = REPO / "platform"  # serial and ratiopath import srtn's tile functions from here (pure modules)
 

@@ -54,7 +54,7 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 # small tiles and few of them: the point is the plumbing, not the pixels
 TILE_ARGS = [
     "--config",
-    "configs/data/tcga_kirc.yaml",
+    "configs/data/tcga_kirc_seed.yaml",
     "--set",
     "tiles.size=64",
     "--set",

@@ -35,7 +35,7 @@ from srtn.errors import ConfigError
 from srtn.synth import write_breakhis_tree, write_tcga_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TILE_YAML = ROOT / "configs" / "data" / "tcga_kirc.yaml"
+TILE_YAML = ROOT / "configs" / "data" / "tcga_kirc_seed.yaml"  # the contract, not the filters, is tested here
 BREAKHIS_YAML = ROOT / "configs" / "data" / "breakhis.yaml"
 SMALL = ("tiles.size=128", "lr.scales=[4]", "max_tiles_per_slide=4", "tissue.target_size=256")
 

@@ -70,7 +70,7 @@ def tiled(tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path:
     slides = write_tcga_dataset(work / "slides", slides=3, seed=7, width=768, height=768, tissue_fraction=0.45)
     cfg = load_config(
         TileConfig,
-        ROOT / "configs/data/tcga_kirc.yaml",
+        ROOT / "configs/data/tcga_kirc_seed.yaml",
         [f"output={work / 'out'}", "max_tiles_per_slide=3", "tiles.size=128", "tissue.target_size=256"],
         data={"input": [str(s) for s in slides]},
     )

@@ -36,7 +36,7 @@ def slides(tmp_path_factory) -> list[Path]:
 def _config(inputs: list[str], output: Path, *extra: str) -> TileConfig:
     return load_config(
         TileConfig,
-        ROOT / "configs/data/tcga_kirc.yaml",
+        ROOT / "configs/data/tcga_kirc_seed.yaml",
         [f"output={output}", f"max_tiles_per_slide={CAP}", *extra],
         data={"input": inputs},
     )
@@ -183,7 +183,7 @@ def test_kill_and_resume_gives_the_uninterrupted_tile_set(slides, tmp_path, ray_
     listing = tmp_path / "slides.txt"
     listing.write_text("\n".join(inputs))
     cmd = [
-        sys.executable, "-m", "srtn.cli", "tile", "--config", str(ROOT / "configs/data/tcga_kirc.yaml"),
+        sys.executable, "-m", "srtn.cli", "tile", "--config", str(ROOT / "configs/data/tcga_kirc_seed.yaml"),
         "--set", f"input={listing}", "--set", f"output={out}", "--set", f"max_tiles_per_slide={CAP}",
         "--set", "execution.concurrency=1",
     ]  # fmt: skip
@@ -218,7 +218,7 @@ def test_console_of_srtn_tile_is_short_and_free_of_ray_internals(slides, tmp_pat
     input_dir.mkdir()
     for s in slides[:3]:
         (input_dir / s.name).symlink_to(s)
-    args = ["--config", str(ROOT / "configs/data/tcga_kirc.yaml"), "--set", f"input={input_dir}"]
+    args = ["--config", str(ROOT / "configs/data/tcga_kirc_seed.yaml"), "--set", f"input={input_dir}"]
     args += ["--set", f"output={tmp_path / 'out'}", "--set", f"max_tiles_per_slide={CAP}"]
     code = main(["tile", *args])
     out, err = capfd.readouterr()

@@ -118,6 +118,7 @@ def _synth_tcga(args: argparse.Namespace) -> int:
         height=args.height,
         tissue_fraction=args.tissue_fraction,
         fmt=args.format,
+        qc_regions=args.qc_regions,
     )
     print(f"wrote {len(paths)} slides to {args.out}")
     return 0
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     tcga.add_argument("--height", type=int, default=4096, help="level-0 height in pixels (default 4096)")
     tcga.add_argument("--tissue-fraction", type=float, default=0.4, help="share of the slide that is tissue")
     tcga.add_argument("--format", choices=["svs", "tiff", "mixed"], default="mixed", help="file format(s)")
+    tcga.add_argument(
+        "--qc-regions",
+        action="store_true",
+        help="plant out-of-focus boxes and green/blue/black pen strokes; their level-0 geometry goes to "
+        "<slide>.regions.json",
+    )
     tcga.set_defaults(func=_synth_tcga)
     bh = synth_sub.add_parser("breakhis", help="A BreakHis-style tree whose 400X images sit inside 100X ones.")
     bh.add_argument("out", help="output folder")

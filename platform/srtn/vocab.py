@@ -24,7 +24,7 @@ __all__ = [
 
 SUPPORTED_SCALES: tuple[int, ...] = (2, 3, 4, 8)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-ORIGINS: tuple[str, ...] = ("downsampled", "matched")
+ORIGINS: tuple[str, ...] = ("downsampled", "matched", "pyramid")  # how a row's LR was made
 BICUBIC = "bicubic"  # the parameter-free baseline: a model name, and a model URI in evaluate/predict configs
 
 DownsampleMethod = Literal["lanczos", "bicubic", "area"]

@@ -30,6 +30,12 @@ class FilterConfig(StrictModel):
     black_level: int = Field(55, ge=0, le=255)
     max_white_fraction: float = Field(0.4, ge=0, le=1)
     max_black_fraction: float = Field(0.4, ge=0, le=1)
+    max_ink_fraction: float | None = Field(
+        None, ge=0, le=1, description="reject a tile with more pen-ink pixels (green, blue, dark neutral); null: off"
+    )
+    max_blur: float | None = Field(
+        None, ge=0, le=1, description="reject a tile whose blurriest tissue quarter has a larger blur effect; null: off"
+    )
 
     def thresholds(self) -> QualityThresholds:
         return QualityThresholds(**self.model_dump())
@@ -44,7 +50,12 @@ class TissueConfig(StrictModel):
 
 class LowResConfig(StrictModel):
     scales: list[Scale] = Field(default_factory=lambda: [4, 8], min_length=1)
-    method: DownsampleMethod = "lanczos"
+    method: DownsampleMethod | Literal["pyramid"] = Field(
+        "lanczos", description="lanczos | bicubic | area (we downsample), pyramid (the slide's own level at the scale)"
+    )
+    pyramid_fallback: DownsampleMethod | None = Field(
+        None, description="method: pyramid only: for a scale the slide has no level for; null: the slide fails"
+    )
 
     @field_validator("scales")
     @classmethod
@@ -54,8 +65,10 @@ class LowResConfig(StrictModel):
 
 class SplitConfig(StrictModel):
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    by: Literal["auto", "patient", "slide", "spatial"] = Field(
-        "auto", description="auto: spatial blocks for a single slide, else patient (TCGA barcode) or slide"
+    by: Literal["auto", "patient", "slide", "spatial", "site"] = Field(
+        "auto",
+        description="auto: spatial blocks for a single slide, else patient (TCGA barcode) or slide; "
+        "site: the TCGA tissue source site, so val and test hold sites never trained on",
     )
     block_size: int = Field(2048, ge=1, description="side of a spatial block in level-0 pixels (by: spatial)")
     salt: str = ""
@@ -66,6 +79,11 @@ class SplitConfig(StrictModel):
         if any(r < 0 for r in ratios) or sum(ratios) <= 0:
             raise ValueError(f"ratios must be non-negative with a positive sum, got {list(ratios)}")
         return ratios
+
+
+class QcConfig(StrictModel):
+    enabled: bool = Field(True, description="draw OUT/_qc/<slide>.png per slide and OUT/_qc/index.html")
+    max_size: int = Field(1024, ge=128, le=4096, description="longest side of a slide's QC picture (px)")
 
 
 class ExecutionConfig(StrictModel):
@@ -84,6 +102,7 @@ class TileConfig(DataJobConfig):
     lr: LowResConfig = Field(default_factory=LowResConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    qc: QcConfig = Field(default_factory=QcConfig)
     max_tiles_per_slide: int = Field(100, ge=1)
     seed: int = 0
     overwrite: bool = False

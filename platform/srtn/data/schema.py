@@ -47,7 +47,7 @@ TILE_SCHEMA = pa.schema(
         pa.field("lr_x8", pa.binary()),
         pa.field("hr_height", pa.int32(), nullable=False),
         pa.field("hr_width", pa.int32(), nullable=False),
-        pa.field("origin", pa.string(), nullable=False),  # downsampled | matched
+        pa.field("origin", pa.string(), nullable=False),  # downsampled | matched | pyramid
         pa.field("augmented", pa.bool_(), nullable=False),
         pa.field("match_score", pa.float64()),  # template-matching score for origin=matched
     ]

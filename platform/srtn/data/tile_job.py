@@ -33,15 +33,18 @@ from srtn.data.manifest import (
     summary_table,
     write_status,
 )
+from srtn.data.qc import write_slide_qc
+from srtn.data.qc_index import write_qc_index
 from srtn.data.shards import existing_shards, remove_source_files, write_source_files
-from srtn.data.tile_slide import group_mode, tile_slide
+from srtn.data.splits import site_groups
+from srtn.data.tile_slide import SlideResult, group_mode, tile_slide
 from srtn.errors import SlideError
 
 __all__ = ["NOT_ROW_KEYS", "tile_fingerprint", "process_slide", "run_tiling", "tile_dataset", "exit_code"]
 
 logger = logging.getLogger(__name__)
 
-NOT_ROW_KEYS: tuple[str, ...] = ("input", "output", "extensions", "execution", "overwrite", "strict")
+NOT_ROW_KEYS: tuple[str, ...] = ("input", "output", "extensions", "execution", "qc", "overwrite", "strict")
 """Config keys that never change a slide's rows; every other key is in the fingerprint (a new key is too,
 so forgetting one here costs a re-tile, never a stale shard)."""
 
@@ -66,19 +69,38 @@ def _failed(output: str, source_id: str, error: str, *, output_error: bool = Fal
     return record
 
 
+def _add_qc(record: dict[str, Any], cfg: TileConfig, local: str, result: SlideResult | None) -> dict[str, Any]:
+    """The slide's QC picture under `OUT/_qc/` (failed slides too); a QC failure never fails the slide."""
+    if not cfg.qc.enabled:
+        return record
+    try:
+        marks, mask = (result.marks, result.mask) if result is not None else (None, None)
+        tissue = cfg.tissue.model_dump(exclude={"min_fraction"})
+        record["qc"] = write_slide_qc(
+            cfg.output, local, record, marks, mask=mask, max_size=cfg.qc.max_size, tissue=tissue
+        )
+    except Exception as exc:  # the store refused, an odd slide: the index draws a card instead
+        record["qc_error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
 def _tile_and_publish(uri: str, source_id: str, cfg: TileConfig, group: str) -> dict[str, Any]:
     try:
         with storage.stage_local(uri) as local:
-            result = tile_slide(local, source_id=source_id, cfg=cfg, group=group)
+            try:
+                result = tile_slide(local, source_id=source_id, cfg=cfg, group=group)
+            except SlideError as exc:
+                return _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
+            try:
+                files = write_source_files(result.rows, cfg.output, source_id)
+            except Exception as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
+                return _failed(cfg.output, source_id, f"cannot write its shards: {exc}", output_error=True)
+            record = result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
+            return _add_qc(record, cfg, local, result)
     except SlideError as exc:
         return _failed(cfg.output, source_id, exc.reason)
     except Exception as exc:  # a slide must never kill the job: record what happened
         return _failed(cfg.output, source_id, f"{type(exc).__name__}: {exc}")
-    try:
-        files = write_source_files(result.rows, cfg.output, source_id)
-    except Exception as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
-        return _failed(cfg.output, source_id, f"cannot write its shards: {exc}", output_error=True)
-    return result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
 
 
 def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
@@ -129,6 +151,8 @@ def run_tiling(cfg: TileConfig) -> int:
     found = list_inputs(cfg.input, extensions=cfg.extensions, output=cfg.output)  # first: it writes nothing
     check_output(cfg.output)
     group = group_mode(cfg, len(found.slides))
+    if group == "site":
+        site_groups([storage.basename(s.uri) for s in found.slides])  # names without a TCGA site: exit 2
     fp = tile_fingerprint(cfg, group)
     existing = existing_shards(cfg.output)
     remove_manifest(cfg.output)  # from here until the end the folder is "being written"
@@ -152,4 +176,15 @@ def run_tiling(cfg: TileConfig) -> int:
         return 1
     print(summary_table(manifest))
     print(f"manifest: {uri}")
+    _write_qc_index(cfg, manifest)
     return exit_code(manifest["sources"], strict=cfg.strict)
+
+
+def _write_qc_index(cfg: TileConfig, manifest: Mapping[str, Any]) -> None:
+    """`OUT/_qc/index.html` over every slide (opens from disk); the job's last line says where."""
+    if not cfg.qc.enabled:
+        return
+    try:
+        print(f"QC report: {write_qc_index(cfg.output, manifest['sources'], title=f'srtn tile: {cfg.output}')}")
+    except OSError as exc:
+        logger.warning("QC report not written: %s", exc)

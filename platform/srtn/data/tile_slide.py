@@ -20,21 +20,25 @@ from srtn import storage
 from srtn.config.tile import TileConfig
 from srtn.data.barcodes import patient_from_name
 from srtn.data.inputs import slide_id
+from srtn.data.qc import TileMarks
 from srtn.data.quality import downsample, rejection_reason
 from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
 from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tile_grid, tissue_mask
-from srtn.data.splits import assign_split, spatial_block_id
+from srtn.data.splits import assign_split, site_group, spatial_block_id
 from srtn.errors import SlideError
 
-__all__ = ["SlideResult", "tile_slide", "candidate_order", "group_mode", "source_id_for"]
+__all__ = ["SlideResult", "candidate_order", "group_mode", "lr_levels", "source_id_for", "tile_slide"]
 
 
 @dataclass
 class SlideResult:
-    """Rows kept from one slide and its manifest record."""
+    """Rows kept from one slide, its manifest record, and for the QC picture where each candidate went (level-0
+    boxes, kept out of the record: hundreds per slide) and the tissue mask."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    marks: TileMarks | None = None
+    mask: np.ndarray | None = None
 
 
 def source_id_for(uri: str) -> str:
@@ -84,6 +88,8 @@ def _group_for(mode: str, source_id: str, name: str, x0: int, y0: int, block_siz
         return spatial_block_id(source_id, x0, y0, block_size)
     if mode == "patient":
         return patient_from_name(name) or source_id
+    if mode == "site":
+        return site_group(name) or source_id  # the driver refused names without a site before Ray started
     return source_id
 
 
@@ -118,16 +124,65 @@ def tile_slide(local_path: str, *, source_id: str, cfg: TileConfig, group: str =
         reader.close()
 
 
-def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group: str) -> SlideResult:
-    slide = reader.slide
-    info: SlideInfo = slide_info(slide, reader.path)
-    level, size, step = cfg.tiles.level, cfg.tiles.size, cfg.tiles.step
-    if level >= len(info.level_dimensions):
-        n = len(info.level_dimensions)
-        raise SlideError(f"tiles.level {level} does not exist (the slide has {n} levels)", path=reader.path)
+def lr_levels(info: SlideInfo, cfg: TileConfig, path: str) -> dict[int, int]:
+    """`lr.method: pyramid`: the level read for each LR scale, the one whose downsample is the scale times that
+    of `tiles.level` (within 2%: Aperio stores e.g. 4.0002). A scale without such a level falls back to
+    `lr.pyramid_fallback`, or fails the slide naming its downsamples."""
+    if cfg.lr.method != "pyramid":
+        return {}
+    base = info.level_downsamples[cfg.tiles.level]
+    levels: dict[int, int] = {}
+    for scale in cfg.lr.scales:
+        want = base * scale
+        found = [i for i, ds in enumerate(info.level_downsamples) if abs(ds - want) <= 0.02 * want]
+        if found:
+            levels[scale] = found[0]
+    missing = [s for s in cfg.lr.scales if s not in levels]
+    if missing and cfg.lr.pyramid_fallback is None:
+        have = ", ".join(f"{ds:g}" for ds in info.level_downsamples)
+        raise SlideError(
+            f"lr.method pyramid: no level at x{missing} of level {cfg.tiles.level} (downsamples {have}); "
+            "set lr.pyramid_fallback or another lr.method",
+            path=path,
+        )
+    return levels
+
+
+def _read_pair(reader: _Reader, cfg: TileConfig, x0: int, y0: int, levels: dict[int, int]) -> tuple[np.ndarray, dict]:
+    """The HR tile at level-0 (x0, y0) and its LR partners: the slide's own level for the scales in `levels`
+    (the scanner's downsampling), else ours (`lr.method`, or `lr.pyramid_fallback` with `pyramid`)."""
+    level, size = cfg.tiles.level, cfg.tiles.size
+    hr = read_rgb(reader.slide, x0, y0, level, size, size)
+    method = (cfg.lr.pyramid_fallback or "lanczos") if cfg.lr.method == "pyramid" else cfg.lr.method
+    lr = {
+        s: read_rgb(reader.slide, x0, y0, levels[s], size // s, size // s) if s in levels else None
+        for s in cfg.lr.scales
+    }
+    return hr, {s: img if img is not None else downsample(hr, s, method) for s, img in lr.items()}
+
+
+def _tile_row(cfg: TileConfig, info: SlideInfo, hr: np.ndarray, lr: dict[int, np.ndarray], **ids: Any) -> dict:
+    """One tile row: ids, level-0 position, pixels as PNG."""
+    level, size = cfg.tiles.level, cfg.tiles.size
+    row = empty_row()
+    row.update(
+        tile_id=tile_id(ids["source_id"], level, ids["x"], ids["y"], extra=f"s{size}"),
+        level=level,
+        mpp=info.mpp_at(level),
+        hr=encode_png(hr),
+        hr_height=size,
+        hr_width=size,
+        augmented=False,
+        **ids,
+    )
+    row |= {lr_column(scale): encode_png(img) for scale, img in lr.items()}
+    return row
+
+
+def _tissue(reader: _Reader, cfg: TileConfig) -> tuple[np.ndarray, float]:
     try:
-        mask, mask_ds = tissue_mask(
-            slide,
+        return tissue_mask(
+            reader.slide,
             target_size=cfg.tissue.target_size,
             min_saturation=cfg.tissue.min_saturation,
             max_gray=cfg.tissue.max_gray,
@@ -135,6 +190,16 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
     except openslide.OpenSlideError as exc:
         raise SlideError(f"cannot read the low-resolution level for the tissue mask: {exc}", path=reader.path) from exc
 
+
+def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group: str) -> SlideResult:
+    info: SlideInfo = slide_info(reader.slide, reader.path)
+    level, size, step = cfg.tiles.level, cfg.tiles.size, cfg.tiles.step
+    if level >= len(info.level_dimensions):
+        n = len(info.level_dimensions)
+        raise SlideError(f"tiles.level {level} does not exist (the slide has {n} levels)", path=reader.path)
+    levels = lr_levels(info, cfg, reader.path)
+    origin = "pyramid" if levels and len(levels) == len(cfg.lr.scales) else "downsampled"
+    mask, mask_ds = _tissue(reader, cfg)
     level_ds = info.level_downsamples[level]
     w, h = info.level_dimensions[level]
     grid = tile_grid(w, h, size=size, stride=step)
@@ -146,47 +211,34 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
     ]
     counts: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
+    marks = TileMarks(size0=round(size0))
     thresholds = cfg.filters.thresholds()
-    errors = 0
     name = storage.basename(reader.path)
     for x, y in candidate_order(candidates, source_id=source_id, seed=cfg.seed):
         if len(rows) >= cfg.max_tiles_per_slide:
             break
         x0, y0 = round(x * level_ds), round(y * level_ds)
         try:
-            hr = read_rgb(reader.slide, x0, y0, level, size, size)
+            hr, lr = _read_pair(reader, cfg, x0, y0, levels)
         except openslide.OpenSlideError as exc:
             counts["read_error"] += 1
-            errors += 1
-            if errors >= cfg.execution.max_read_errors:
-                raise SlideError(f"{errors} tile reads failed, last: {exc}", path=reader.path) from exc
+            marks.rejected.append((x0, y0, "read_error"))
+            if counts["read_error"] >= cfg.execution.max_read_errors:
+                raise SlideError(f"{counts['read_error']} tile reads failed, last: {exc}", path=reader.path) from exc
             reader.reopen()
             continue
         counts["decoded"] += 1
         reason = rejection_reason(hr, thresholds)
         if reason:
             counts[reason] += 1
+            marks.rejected.append((x0, y0, reason))
             continue
-        row = empty_row()
         grp = _group_for(group, source_id, name, x0, y0, cfg.split.block_size)
-        row.update(
-            tile_id=tile_id(source_id, level, x0, y0, extra=f"s{size}"),
-            source_id=source_id,
-            group_id=grp,
-            split=assign_split(grp, cfg.split.ratios, salt=cfg.split.salt),
-            x=x0,
-            y=y0,
-            level=level,
-            mpp=info.mpp_at(level),
-            hr=encode_png(hr),
-            hr_height=size,
-            hr_width=size,
-            origin="downsampled",
-            augmented=False,
+        split = assign_split(grp, cfg.split.ratios, salt=cfg.split.salt)
+        rows.append(
+            _tile_row(cfg, info, hr, lr, source_id=source_id, group_id=grp, split=split, x=x0, y=y0, origin=origin)
         )
-        for scale in cfg.lr.scales:
-            row[lr_column(scale)] = encode_png(downsample(hr, scale, cfg.lr.method))
-        rows.append(row)
+        marks.kept.append((x0, y0, split))
 
     rejected = {k: v for k, v in counts.items() if k not in ("decoded",)}
     record = {
@@ -202,6 +254,8 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
         "vendor": info.vendor,
         "dimensions": list(info.dimensions),
     }
+    if levels:
+        record["lr_levels"] = {f"x{s}": lvl for s, lvl in levels.items()}
     if not rows:  # still done (nothing is wrong with the file), but the summary says so
         record["warning"] = _no_tiles_reason(len(grid), len(candidates), counts["decoded"], size, level)
-    return SlideResult(rows=rows, record=record)
+    return SlideResult(rows=rows, record=record, marks=marks, mask=mask)
