@@ -25,7 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TreeStats", "TreeSampler", "Measured", "run_measured", "markdown_table", "RESULT_MARKER"]
+__all__ = [
+    "RESULT_MARKER",
+    "Measured",
+    "TreeSampler",
+    "TreeStats",
+    "environment",
+    "markdown_table",
+    "run_measured",
+    "save_result",
+]
 
 RESULT_MARKER = "BENCH_RESULT "  # a worker prints one line `BENCH_RESULT {json}` for `run_measured`
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -216,3 +225,43 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("torch", "ray", "numpy", "pyarrow", "opencv-python-headless", "openslide-python", "openslide-bin", "mlflow")
+
+
+def environment() -> dict[str, Any]:
+    """What a result was measured with: git commit (`-dirty` with uncommitted changes), Python and package
+    versions, CPUs, load average."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        run = {"cwd": REPO, "capture_output": True, "text": True, "timeout": 10}
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()  # type: ignore[call-overload]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()  # type: ignore[call-overload]
+    except OSError:
+        sha, dirty = "", ""
+    return {
+        "git_commit": sha + ("-dirty" if dirty else ""),
+        "python": platform.python_version(),
+        "packages": {p: version(p) for p in PACKAGES},
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+    }
+
+
+def save_result(result: dict[str, Any], stem: str) -> str:
+    """`benchmarks/results/<stem>-<UTC time>.json` with `environment()`; returns its path."""
+    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
+    path = os.path.join(REPO, "benchmarks", "results", f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json")
+    with open(path, "w") as f:
+        json.dump({**result, "environment": environment()}, f, indent=2)
+    return path
