@@ -1,6 +1,8 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/predict.py --config ... [--set KEY=VALUE]`.
 
-Same arguments as `srtn predict`; the logic lives in the srtn package (platform/srtn).
+Same arguments as `srtn predict`: one slide (`--slide S --out O`) or a cohort
+(`--set slides=s3://bucket/slides --set out_dir=s3://bucket/sr`, see configs/predict/cohort.yaml).
+The logic lives in the srtn package (platform/srtn/infer).
 """
 
 import sys

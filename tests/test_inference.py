@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import mlflow
@@ -399,3 +400,95 @@ def test_cli_predict_level_one_jpeg(slide, tmp_path, capsys):
         assert float(o.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(MPP * 2 / 2)
     with tifffile.TiffFile(out) as t:
         assert t.pages[0].compression == tifffile.COMPRESSION.JPEG
+
+
+# --------------------------------------------------------------------------- issue 15: races and read errors
+
+
+def _blocking_source(value: int, reached: threading.Event, go_on: threading.Event):
+    """A constant-image tile source that, at its second tile, says so (`reached`) and waits for `go_on`."""
+    calls = {"n": 0}
+
+    def source(x: int, y: int, w: int, h: int) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            reached.set()
+            if not go_on.wait(timeout=120):
+                raise RuntimeError("the other writer never got there")
+        return np.full((h, w, 3), value, np.uint8)
+
+    return source
+
+
+def test_two_writers_of_one_output_never_share_a_temporary_file(tmp_path):
+    """Two runs to the same output, interleaved: A starts, B starts, A finishes, B finishes. Each run that
+    reports success must have published its own complete file (old code: one fixed `.NAME.part` for both, so A
+    renamed the file B was still writing, reported success for B's pixels, and B failed)."""
+    from srtn.pyramid import write_pyramid
+
+    out = tmp_path / "same.tiff"
+    a_reached, b_reached, a_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def write(name: str, value: int, reached: threading.Event, go_on: threading.Event) -> None:
+        try:
+            write_pyramid(out, _blocking_source(value, reached, go_on), width=512, height=512, tile_size=256,
+                          mpp=0.25, compression="lossless")  # fmt: skip
+            results[name] = tifffile.imread(out, key=0)  # what this writer just published
+        except Exception as exc:  # recorded, asserted below
+            results[name] = exc
+        finally:
+            if name == "a":
+                a_done.set()
+
+    a = threading.Thread(target=write, args=("a", 10, a_reached, b_reached))
+    b = threading.Thread(target=write, args=("b", 200, b_reached, a_done))
+    a.start()
+    assert a_reached.wait(timeout=120)
+    b.start()
+    a.join(timeout=300)
+    b.join(timeout=300)
+    assert not isinstance(results["a"], Exception), results["a"]
+    assert not isinstance(results["b"], Exception), results["b"]
+    assert (results["a"] == 10).all()  # A's success names A's pixels
+    assert (results["b"] == 200).all()
+    assert (tifffile.imread(out, key=0) == 200).all()  # the last rename wins, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.tiff"]  # no temporary file left
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_slide_failing_in_the_tissue_mask_read_is_a_slide_error_naming_it(executor, request, tmp_path):
+    """`unreadable.svs` opens, then its low-resolution level fails to decode while the tissue mask is made
+    (the default `tissue.min_fraction`). Old code: a raw OpenSlideError ("Bogus marker length") without
+    the path."""
+    if executor == "ray":
+        request.getfixturevalue("ray_session")
+    path = str(FIXTURES / "unreadable.svs")
+    with pytest.raises(SlideError) as err:
+        predict_slide(_cfg(path, tmp_path, executor=executor))
+    assert err.value.path == path and path in str(err.value) and "tissue mask" in str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
+_NO_RAY = """
+import runpy, sys
+class _Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "openslide", "mlflow", "pydantic"):
+            raise ImportError(f"{name} is not on the GPU machine")
+sys.meta_path.insert(0, _Refuse())
+sys.argv = ["inference.py", *sys.argv[1:]]
+runpy.run_path(BENCH, run_name="__main__")
+"""
+
+
+def test_benchmark_model_only_path_runs_without_ray_openslide_mlflow_or_pydantic(tmp_path):
+    """What `benchmarks/inference.py --model-only --device cuda` runs on a GPU machine, here on the CPU with
+    those packages made unimportable."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    args = ["--model-only", "--device", "cpu", "--slides", "1", "--slide-size", "128", "--repeats", "1"]
+    args += ["--feats", "8", "--blocks", "1", "--results", str(tmp_path)]
+    code = _NO_RAY.replace("BENCH", repr(str(bench)))
+    subprocess.run([sys.executable, "-c", code, *args], check=True, timeout=300, capture_output=True)
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("inference-model-only-cpu-*.json")]
+    assert result["ray_imported"] is False and result["tiles"] == 1 and result["lr_mpx_per_s"] > 0

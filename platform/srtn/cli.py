@@ -68,7 +68,16 @@ COMMANDS: dict[str, Command] = {
         "srtn.config.predict:PredictConfig",
         "srtn.infer.predict:run_predict",
         "Super-resolve a whole slide (or a region) into a pyramidal TIFF that OpenSlide opens.",
-        options={"--model": "model", "--slide": "slide", "--out": "out", "--level": "level", "--region": "region"},
+        flags={"--overwrite": "overwrite", "--strict": "strict"},
+        options={
+            "--model": "model",
+            "--slide": "slide",
+            "--out": "out",
+            "--slides": "slides",
+            "--out-dir": "out_dir",
+            "--level": "level",
+            "--region": "region",
+        },
         config_required=False,
     ),
 }

@@ -20,7 +20,14 @@ Layouts:
   ``aperio``: ``aperio.AppMag``, ``aperio.MPP``, ``openslide.mpp-x``, ``openslide.objective-power``).
 
 Output is byte-for-byte deterministic (no DateTime or Software tag) and appears atomically: it is
-written to ``.<name>.part`` and renamed, so a crash never leaves a truncated TIFF under the real name.
+written to a temporary name unique to this writer (``.<name>.<random>.part``, next to the output) and renamed
+when complete, so a crash never leaves a truncated TIFF under the real name, and two writers of one output
+never share a file: each publishes its own complete TIFF (the last rename wins), none can rename or finish
+the other's.
+
+Provenance: with ``flavor="aperio"`` every ``description_extra`` field becomes an OpenSlide property
+``aperio.<key>`` (OpenSlide's Aperio driver parses ``key = value`` pairs of the description); whole-slide
+inference records there what made the file (`srtn.infer.provenance`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -203,7 +211,7 @@ def write_pyramid(
     dims = level_dimensions(width, height, min_level_size=min_level_size)
     src = _as_source(tiles, width, height)
     path = Path(path)
-    part = path.with_name(f".{path.name}.part")
+    part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")  # this writer's own: never shared
 
     codec: dict[str, Any] = (
         {"compression": "jpeg", "compressionargs": {"level": quality}}

@@ -1,51 +1,54 @@
-"""Whole-slide super-resolution: LR tiles -> Ray Data batch inference -> blended bands -> pyramidal TIFF.
+"""`srtn predict`: a trained model applied to one slide (`slide` + `out`) or a cohort (`slides` + `out_dir`).
 
-Flow (`predict_slide`):
+Flow of one slide (`predict_slide`), the same code a cohort runs per slide (`srtn.infer.cohort`):
 
-1. The driver opens the slide briefly: metadata, the region (level-0 `X,Y,W,H`) mapped to `level`, and the
-   tissue mask of a small level; it loads the model once (MLflow URI or `bicubic`) to learn its scale.
-2. `TilePlan` lays overlapping LR tiles over the region. A Ray Data pipeline runs over tile *indices* only:
-   `from_items(id batches) -> map_batches(TileSuperResolver, ActorPoolStrategy(size=actors), num_gpus)`.
-   Each actor gets the model once (object store), opens the slide once, reads its tiles' pixels itself, and
-   sends a tile through the model when it is tissue (mask fraction >= `tissue.min_fraction`), else through
-   bicubic. The driver never holds the slide's pixels.
-3. Results stream back in order (`preserve_order`); `BandAssembler` blends each tile row into a float32
-   strip with a feathered window and emits finished HR rows; the pyramid writer pulls them as output tiles
-   (JPEG or lossless), so memory grows with the region's width, never its area.
-
-`executor="local"` runs the same `TileSuperResolver` in the calling process (no Ray): for debugging and
-for measuring memory honestly in one process.
+1. The driver opens the slide briefly (metadata, the region mapped to `level`, the tissue mask: every bad
+   input is an error naming the slide or key before any work) and resolves the model once: an MLflow URI is
+   pinned to one version (`srtn.track.pin_model_uri`) and loaded, or `bicubic` is built.
+2. With `executor: ray`, a pool of `actors` model actors gets the model once each (object store), and one
+   Ray task for the slide reads its LR tiles, sends batches to the pool, blends the SR tiles and writes the
+   TIFF (`srtn.infer.pool`, `srtn.infer.slide_job`): the driver never holds pixels. `executor: local` runs
+   the same slide code and model in this process (debugging; honest memory measurements).
+3. Tiles are blended with a feathered window into bands (`srtn.infer.blending`) that stream into a tiled
+   pyramidal TIFF (`srtn.pyramid`) written under a name unique to this run and renamed when complete. Its
+   Aperio-style description records what made it (`srtn.infer.provenance`), read back by OpenSlide as
+   `aperio.srtn.*` properties.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import math
+import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from srtn.config.base import load_config
 from srtn.config.predict import PredictConfig
-from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tissue_mask
-from srtn.errors import ConfigError, SlideError
-from srtn.infer.blending import BandAssembler, RowFeeder, TilePlan
-from srtn.resources import check_fits, cluster_resources
+from srtn.errors import ConfigError
+from srtn.infer.provenance import fingerprint
+from srtn.infer.slide_job import LocalForwarder, SlideSettings, prepare, super_resolve
 from srtn.vocab import BICUBIC
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["PredictSummary", "TileSuperResolver", "predict_slide", "run_predict", "region_in_level", "trim_heap"]
+__all__ = ["ModelInfo", "PredictSummary", "predict_slide", "resolve_model", "run_predict", "slide_settings"]
 
-_MAX_BLOCKS = 10_000  # input blocks; beyond that a block holds several model batches (one actor task each)
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a run uses: the URI as given, pinned to one version, its name, version and architecture."""
+
+    uri: str
+    pinned: str
+    name: str
+    version: str
+    arch: str
+    scale: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -92,154 +95,36 @@ class PredictSummary:
         return "\n".join(f"{k:<8} {v}" for k, v in rows)
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
+def _arch(model: nn.Module) -> str:
+    from srtn.models.registry import MODELS
+
+    return next((name for name, cls in MODELS.items() if isinstance(cls, type) and isinstance(model, cls)), "")
 
 
-def trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc). Without it, torch's per-batch buffers stay in glibc's heap
-    once its mmap threshold has adapted, and RSS grows with the number of batches: 92 -> 333 MiB above
-    baseline for 16x the tiles of a bicubic run here, 79 -> 112 MiB with a trim after every batch."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+def _name_and_version(pinned: str) -> tuple[str, str]:
+    if m := re.match(r"^models:/([^/@]+)/(\d+)$", pinned):
+        return m.group(1), m.group(2)
+    if m := re.match(r"^runs:/([^/]+)/?(.*)$", pinned):
+        return m.group(2) or "model", m.group(1)
+    return pinned.removeprefix("models:/"), ""
 
 
-def _resolve(obj: Any) -> Any:
-    """`ray.get` an object ref (the model and mask travel through the object store), else `obj` itself."""
-    ray = sys.modules.get("ray")
-    return ray.get(obj) if ray is not None and isinstance(obj, ray.ObjectRef) else obj
-
-
-class TileSuperResolver:
-    """Ray Data callable class: rows of tile-id lists (`"ids"`) -> one row per tile `{"id", "sr", "model", "error"}`.
-
-    `sr` is (N, h*s, w*s, 3) uint8, `model` says which tiles went through the model (else bicubic), and
-    `error` is empty or, when the slide could not be read, the reason (the driver raises `SlideError`).
-
-    Built once per actor: the model (an `nn.Module` or an object ref to one), bicubic, and the slide handle
-    (opened on first use and reopened after a failed read, because OpenSlide errors are sticky).
-    """
-
-    def __init__(
-        self,
-        *,
-        slide: str,
-        plan: TilePlan,
-        model: Any,
-        mask: np.ndarray | None = None,
-        mask_downsample: float = 1.0,
-        min_fraction: float = 0.0,
-        device: str = "cpu",
-        threads: int | None = None,
-    ) -> None:
-        import torch
-
-        from srtn.models import build_model
-
-        if threads:
-            torch.set_num_threads(threads)
-        model, mask = (_resolve(v) for v in (model, mask))
-        self.path, self.plan = slide, plan
-        self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
-        self.model = model.to(self.device).eval()
-        self.bicubic = build_model(BICUBIC, plan.scale).to(self.device)
-        self.mask, self.mask_downsample, self.min_fraction = mask, mask_downsample, min_fraction
-        self._stack = contextlib.ExitStack()
-        self._slide: Any = None
-
-    def uses_model(self, x: int, y: int) -> bool:
-        """Whether the tile at LR (x, y) is tissue enough for the model (else bicubic)."""
-        if self.mask is None or self.min_fraction <= 0:
-            return True
-        p = self.plan
-        x0, y0 = p.level0(x, y)
-        frac = mask_fraction(self.mask, self.mask_downsample, x0, y0, max(p.tile_w, p.tile_h) * p.downsample)
-        return frac >= self.min_fraction
-
-    def _read(self, x: int, y: int) -> np.ndarray:
-        import openslide
-
-        p = self.plan
-        if self._slide is None:
-            self._slide = self._stack.enter_context(open_slide(self.path))
-        x0, y0 = p.level0(x, y)
-        try:
-            return read_rgb(self._slide, x0, y0, p.level, p.tile_w, p.tile_h)
-        except (openslide.OpenSlideError, OSError) as exc:
-            self.close()  # sticky errors: never reuse this handle
-            where = f"level {p.level} tile {p.tile_w}x{p.tile_h} at level-0 ({x0}, {y0})"
-            raise SlideError(f"cannot read {where}: {exc}", path=self.path) from exc
-
-    def forward(self, net: nn.Module, lr: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) uint8 -> (N, h*s, w*s, 3) uint8 through `net` (clamped, rounded)."""
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(lr).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-            y = net(x).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-            return y.permute(0, 2, 3, 1).cpu().numpy()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p, s = self.plan, self.plan.scale
-        ids = np.concatenate([np.asarray(i, dtype=np.int64).reshape(-1) for i in batch["ids"]])
-        coords = [p.tile(int(i))[2:] for i in ids]
-        use = np.array([self.uses_model(x, y) for x, y in coords], dtype=bool)
-        sr = np.zeros((len(ids), p.tile_h * s, p.tile_w * s, 3), np.uint8)
-        try:
-            lr = np.stack([self._read(x, y) for x, y in coords])
-        except SlideError as exc:  # returned, not raised: exception causes do not survive Ray's wrappers
-            return {"id": ids, "sr": sr, "model": use, "error": np.full(len(ids), exc.reason)}
-        for flag, net in ((True, self.model), (False, self.bicubic)):
-            idx = np.flatnonzero(use == flag)
-            if idx.size:
-                sr[idx] = self.forward(net, lr[idx])
-        trim_heap()
-        return {"id": ids, "sr": sr, "model": use, "error": np.full(len(ids), "")}
-
-    def close(self) -> None:
-        self._stack.close()
-        self._slide = None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._stack.close()
-
-
-# --------------------------------------------------------------------------- driver side
-
-
-def region_in_level(cfg: PredictConfig, info: SlideInfo) -> tuple[tuple[int, int, int, int], int, int]:
-    """Check `cfg.level` and `cfg.region` against the slide: (level-0 region, its width and height at level)."""
-    if cfg.level >= (n := len(info.level_dimensions)):
-        raise ConfigError(f"level {cfg.level} does not exist: {info.path} has levels 0..{n - 1}", key="level")
-    w0, h0 = info.dimensions
-    x, y, w, h = cfg.region or (0, 0, w0, h0)
-    if x + w > w0 or y + h > h0:
-        where = f"region {x},{y},{w},{h} (level-0 X,Y,W,H) lies outside {info.path}"
-        raise ConfigError(f"{where}, whose level 0 is {w0}x{h0}", key="region", path=info.path)
-    ds = info.level_downsamples[cfg.level]
-    lw, lh = int(w / ds), int(h / ds)
-    if lw < 1 or lh < 1:
-        raise ConfigError(f"region {w}x{h} is less than one pixel at level {cfg.level} (x{ds:g})", key="region")
-    return (x, y, w, h), lw, lh
-
-
-def _load_model(cfg: PredictConfig, sr_model: nn.Module | None) -> tuple[nn.Module, int]:
-    """The model (bicubic, `sr_model`, or loaded from MLflow) and its scale, checked against `cfg.scale`."""
+def resolve_model(cfg: PredictConfig, sr_model: nn.Module | None = None) -> tuple[nn.Module, ModelInfo]:
+    """The model (bicubic, `sr_model`, or `cfg.model` pinned and loaded from MLflow) and what it is; its
+    scale checked against `cfg.scale`. `ConfigError` (key `model` or `scale`) before any work."""
     from srtn.models import build_model
 
     if sr_model is None and cfg.model == BICUBIC:
-        return build_model(BICUBIC, cfg.scale or 0), cfg.scale or 0  # the config requires a scale for bicubic
+        scale = cfg.scale or 0  # the config requires a scale for bicubic
+        return build_model(BICUBIC, scale), ModelInfo(BICUBIC, BICUBIC, BICUBIC, "", BICUBIC, scale)
+    pinned = cfg.model
     if sr_model is None:
         from srtn import track
 
         try:
-            sr_model = track.load_model(cfg.model, tracking_uri=track.resolve_tracking_uri(cfg.tracking.uri))
+            tracking_uri = track.resolve_tracking_uri(cfg.tracking.uri)
+            pinned, _ = track.pin_model_uri(cfg.model, tracking_uri=tracking_uri)
+            sr_model = track.load_model(pinned, tracking_uri=tracking_uri)
         except Exception as exc:  # MlflowException, OSError, pickle errors: all mean "this URI is unusable"
             raise ConfigError(f"cannot load model {cfg.model!r}: {exc}", key="model") from exc
     scale = getattr(sr_model, "scale", None) or cfg.scale
@@ -247,84 +132,54 @@ def _load_model(cfg: PredictConfig, sr_model: nn.Module | None) -> tuple[nn.Modu
         raise ConfigError(f"model {cfg.model!r} has no integer `scale` attribute: set scale", key="scale")
     if cfg.scale is not None and cfg.scale != scale:
         raise ConfigError(f"scale {cfg.scale} does not match the model's scale {scale}", key="scale")
-    return sr_model.eval(), scale
+    name, version = _name_and_version(pinned)
+    return sr_model.eval(), ModelInfo(cfg.model, pinned, name, version, _arch(sr_model), scale)
 
 
-def _local_batches(plan: TilePlan, cfg: PredictConfig, kwargs: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+def slide_settings(cfg: PredictConfig, model: ModelInfo) -> SlideSettings:
+    """The per-slide settings of `cfg`; the fingerprint covers the pinned model and everything that changes
+    an output's pixels (not the execution: actors, batches, slides in flight)."""
+    import srtn
+    from srtn.track.runs import git_commit
+
+    pixels = {
+        "model": model.pinned, "scale": model.scale, "level": cfg.level, "region": cfg.region,
+        "tile_size": cfg.tile_size, "overlap": cfg.overlap, "tissue": cfg.tissue.model_dump(mode="json"),
+        "compression": cfg.compression, "quality": cfg.quality, "output_tile_size": cfg.output_tile_size,
+    }  # fmt: skip
+    return SlideSettings(
+        scale=model.scale, level=cfg.level, region=cfg.region, tile_size=cfg.tile_size, overlap=cfg.overlap,
+        batch_size=cfg.batch_size, batches_in_flight=cfg.batches_in_flight,
+        tissue=cfg.tissue.model_dump(mode="json"), compression=cfg.compression, quality=cfg.quality,
+        output_tile_size=cfg.output_tile_size, model=model.as_dict(),
+        code={"srtn_version": srtn.__version__, "git_commit": git_commit()}, fingerprint=fingerprint(pixels),
+    )  # fmt: skip
+
+
+def _local_device(cfg: PredictConfig) -> str:
     import torch
 
-    device = "cuda" if (cfg.num_gpus is None or cfg.num_gpus > 0) and torch.cuda.is_available() else "cpu"
-    resolver = TileSuperResolver(**kwargs, device=device)
-    try:
-        for start in range(0, plan.n_tiles, cfg.batch_size):
-            yield resolver({"ids": [np.arange(start, min(start + cfg.batch_size, plan.n_tiles))]})
-    finally:
-        resolver.close()
+    return "cuda" if (cfg.num_gpus is None or cfg.num_gpus > 0) and torch.cuda.is_available() else "cpu"
 
 
-def _ray_batches(plan: TilePlan, cfg: PredictConfig, kwargs: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    import ray
-
-    from srtn.runtime import init_ray
-
-    init_ray()
-    total = cluster_resources()
-    gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
-    check_fits(
-        {"CPU": cfg.actors * cfg.cpus_per_actor, "GPU": cfg.actors * gpus},
-        what=f"{cfg.actors} model actor(s) x ({cfg.cpus_per_actor:g} CPU, {gpus:g} GPU)",
-        hint="lower `actors` or `cpus_per_actor`",
-        have=total,
-    )
-    kwargs = {**kwargs, "model": ray.put(kwargs["model"]), "mask": ray.put(kwargs["mask"])}
-    kwargs["device"] = "cuda" if gpus > 0 else "cpu"
-    kwargs["threads"] = max(1, int(cfg.cpus_per_actor))
-    # One row per model batch (a list of tile ids), one UDF call per row: batches are exactly what the config
-    # says (small regions get smaller ones so no actor idles). Rows are made in the driver (from_items: no
-    # read tasks competing with the actors for CPUs), at most _MAX_BLOCKS blocks.
-    bs = max(1, min(cfg.batch_size, math.ceil(plan.n_tiles / cfg.actors)))
-    rows = [{"ids": list(range(i, min(i + bs, plan.n_tiles)))} for i in range(0, plan.n_tiles, bs)]
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    ctx.execution_options.preserve_order = True  # the assembler needs tiles in row-major order
-    ctx.enable_progress_bars = False  # the driver shows one bar over tiles instead
-    try:
-        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), _MAX_BLOCKS)).map_batches(
-            TileSuperResolver,
-            fn_constructor_kwargs=kwargs,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=gpus or None,
-        )
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-    finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-
-
-def _progress(total: int, enabled: bool) -> Any:
+def _tile_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    if not enabled:
-        return contextlib.nullcontext(None)
-    return tqdm(total=total, unit="tile", desc="super-resolving", file=sys.stderr)
+    return tqdm(total=total, unit="tile", desc="super-resolving", file=sys.stderr, disable=not enabled)
 
 
-def _strips(
-    batches: Iterable[dict[str, np.ndarray]], plan: TilePlan, slide: str, counts: dict[str, int], tick: Callable
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Blend batches of SR tiles (row-major) into finished HR strips."""
-    assembler = BandAssembler(plan)
-    for batch in batches:
-        if len(batch["error"]) and batch["error"][0]:
-            raise SlideError(str(batch["error"][0]), path=slide)
-        counts["model"] += int(np.count_nonzero(batch["model"]))
-        for i, sr in zip(batch["id"], batch["sr"]):
-            yield from assembler.add(int(i), sr)
-        counts["tiles"] += len(batch["id"])
-        tick(len(batch["id"]))
-    yield from assembler.finish()
+def _run_on_ray(cfg: PredictConfig, model: nn.Module, settings: SlideSettings, n_tiles: int) -> dict[str, Any]:
+    from srtn.infer.pool import config_error_from, model_pool, run_slides
+
+    item = {"uri": cfg.slide, "slide": "slide", "output": cfg.out, "index": 0}
+    kw = {"actors": cfg.actors, "cpus_per_actor": cfg.cpus_per_actor, "num_gpus": cfg.num_gpus}
+    with model_pool(model, scale=settings.scale, cpus_per_slide=cfg.cpus_per_slide, in_flight=1, **kw) as (pool, cpus):
+        (record,) = run_slides(
+            [item], settings, pool, in_flight=1, cpus_per_slide=cpus, progress=cfg.progress, tiles_total=n_tiles
+        )
+    if record["status"] != "done":
+        raise config_error_from(record, path=str(cfg.slide))
+    return record
 
 
 def predict_slide(
@@ -335,61 +190,44 @@ def predict_slide(
     `cfg` may be omitted and given as keyword arguments (`predict_slide(model="bicubic", scale=4, ...)`),
     or given and partly overridden. `sr_model` uses that module instead of loading `cfg.model` (library
     callers such as benchmarks; `cfg.model` is then only a label). Raises `SlideError` for slides that
-    cannot be opened or read, `ConfigError` for a bad level, region or model, `ResourceError` when the
-    cluster cannot host the actors.
+    cannot be opened or read (naming the slide), `ConfigError` for a bad level, region or model,
+    `ResourceError` when the cluster cannot host the actors.
     """
-    from srtn.pyramid import write_pyramid
-
     if cfg is None:
         cfg = load_config(PredictConfig, data=overrides)
     elif overrides:
         cfg = load_config(PredictConfig, data={**cfg.model_dump(), **overrides})
+    if cfg.is_cohort or cfg.slide is None or cfg.out is None:
+        raise ConfigError("predict_slide needs slide + out; a cohort (slides + out_dir) is predict_cohort", key="slide")
     for key in ("slide", "out"):
         if "://" in getattr(cfg, key) and not getattr(cfg, key).startswith("file://"):
-            raise ConfigError(f"{key} must be a local path (OpenSlide and the TIFF writer need files)", key=key)
+            raise ConfigError(f"{key} must be a local path (use slides + out_dir for s3://)", key=key)
     start = time.perf_counter()
-    with open_slide(cfg.slide) as slide:
-        info = slide_info(slide, cfg.slide)
-        region, lw, lh = region_in_level(cfg, info)
-        mask, mask_ds = None, 1.0
-        if (t := cfg.tissue).min_fraction > 0:
-            mask, mask_ds = tissue_mask(slide, target_size=t.target_size, min_saturation=t.min_saturation,
-                                        max_gray=t.max_gray)  # fmt: skip
-    model, scale = _load_model(cfg, sr_model)
-    plan = TilePlan.build(
-        level=cfg.level, downsample=info.level_downsamples[cfg.level], origin=region[:2], width=lw, height=lh,
-        tile_size=cfg.tile_size, overlap=cfg.overlap, scale=scale,
-    )  # fmt: skip
-    out_w, out_h = plan.out_size
-    in_mpp = info.mpp_at(cfg.level)
-    mpp = None if in_mpp is None else in_mpp / scale
-    kwargs: dict[str, Any] = {"slide": cfg.slide, "plan": plan, "model": model, "mask": mask}
-    kwargs |= {"mask_downsample": mask_ds, "min_fraction": cfg.tissue.min_fraction}
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"tiles": 0, "model": 0}
-    source = _local_batches if cfg.executor == "local" else _ray_batches
-    batches = source(plan, cfg, kwargs)
-    try:
-        with _progress(plan.n_tiles, cfg.progress) as bar:
-            strips = _strips(batches, plan, cfg.slide, counts, bar.update if bar is not None else lambda n: None)
-            about = {"source": Path(cfg.slide).name, "model": cfg.model, "scale": scale, "level": cfg.level}
-            levels = write_pyramid(
-                out, RowFeeder(strips, out_w), width=out_w, height=out_h, tile_size=cfg.output_tile_size, mpp=mpp,
-                flavor="generic", compression=cfg.compression, quality=cfg.quality,
-                description_extra={**about, "region": list(region)},
-            )  # fmt: skip
-    finally:
-        batches.close()  # type: ignore[attr-defined]  # stops the Ray pipeline if the writer failed
+    model, info = resolve_model(cfg, sr_model)
+    settings = slide_settings(cfg, info)
+    prep = prepare(cfg.slide, settings)  # every bad input named before any work
+    if cfg.executor == "local":
+        from srtn.infer.tiles import TileModel
+
+        forwarder = LocalForwarder(TileModel(model, scale=info.scale, device=_local_device(cfg)))
+        with _tile_bar(prep.plan.n_tiles, cfg.progress) as bar:
+            record = super_resolve(cfg.slide, cfg.out, settings, forwarder, tick=bar.update)
+    else:
+        record = _run_on_ray(cfg, model, settings, prep.plan.n_tiles)
     return PredictSummary(
-        slide=cfg.slide, out=str(out), model=cfg.model, scale=scale, level=cfg.level, region=region,
-        input_size=(plan.width, plan.height), output_size=(out_w, out_h), levels=levels, mpp=mpp,
-        tiles=counts["tiles"], tiles_model=counts["model"], tiles_bicubic=counts["tiles"] - counts["model"],
+        slide=cfg.slide, out=cfg.out, model=cfg.model, scale=info.scale, level=cfg.level,
+        region=tuple(record["region"]), input_size=tuple(record["input_size"]),  # type: ignore[arg-type]
+        output_size=tuple(record["output_size"]), levels=record["levels"], mpp=record["mpp"],  # type: ignore[arg-type]
+        tiles=record["tiles"], tiles_model=record["tiles_model"], tiles_bicubic=record["tiles_bicubic"],
         seconds=time.perf_counter() - start,
     )  # fmt: skip
 
 
 def run_predict(cfg: PredictConfig) -> int:
-    """`srtn predict`: run `predict_slide` and print its summary; returns the exit code."""
+    """`srtn predict`: one slide (print its summary) or a cohort (`srtn.infer.cohort`); returns the exit code."""
+    if cfg.is_cohort:
+        from srtn.infer.cohort import run_cohort
+
+        return run_cohort(cfg)
     print(predict_slide(cfg))
     return 0
