@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,10 +21,11 @@ import torch.nn.functional as F
 from srtn.cli import main
 from srtn.config.base import load_config
 from srtn.config.evaluate import EvaluateConfig, ModelEntry
+from srtn.data.reader import read_split_table
 from srtn.data.schema import decode_png, lr_column
-from srtn.data.shards import read_split_table, rows_to_table, split_dir
 from srtn.errors import ConfigError
 from srtn.evaluate import comparison_experiment, evaluate, resolve_models
+from srtn.evaluate.score import HrReference
 from srtn.metrics import psnr, ssim
 from srtn.models import build_model
 from srtn.models.serialization import log_sr_model
@@ -36,7 +36,6 @@ from srtn.track import fluent_tracking_uri
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 4
 EXPERIMENT = "srtn-evaltest"
-STRAY_SOURCE = "stray-train-row"
 TEST_SOURCES = {"synth-test-00", "synth-test-01"}
 
 
@@ -73,15 +72,14 @@ def _train_and_register(model: torch.nn.Module, name: str, shards: str, experime
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Shards with distinct sources per split (plus a mislabelled train row inside split=test/) and a
-    sqlite MLflow store holding evaltest-srtn (alias `champion`) and evaltest-srcnn."""
+    """Shards with distinct sources per split and a sqlite MLflow store holding evaltest-srtn (alias
+    `champion`) and evaltest-srcnn. (A stray file in split=test/ is refused by the manifest check before any
+    work: tests/test_data_contract.py.)"""
     root = tmp_path_factory.mktemp("evaluation")
     shards = str(root / "shards")
     write_synthetic_shards(
         shards, per_split={"train": 6, "val": 2, "test": 5}, hr_size=32, scales=(SCALE,), groups=2, seed=3
     )
-    stray = read_split_table(shards, "train").slice(0, 1).to_pylist()[0] | {"source_id": STRAY_SOURCE}
-    pq.write_table(rows_to_table([stray]), f"{split_dir(shards, 'test')}/{STRAY_SOURCE}.parquet")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with fluent_tracking_uri(uri):  # the fluent API (start_run, log_model) needs the global URI; reset after
         client = mlflow_client(uri)
@@ -128,6 +126,7 @@ def test_comparison_run_holds_tables_figures_metrics_and_links(report, store, tm
     assert run.info.experiment_id == store["experiment_id"]
     artifacts = {a.path for a in client.list_artifacts(report.run_id)}
     assert {"comparison.json", "per_slide.json", "per_image.json", "comparison.png", "loss_curves.png"} <= artifacts
+    assert {"comparison_matrix.json", "comparison_matrix.md", "compare_tiles.png", "gain_tiles.png"} <= artifacts
     logged = _artifact_json(store["uri"], report.run_id, "comparison.json", tmp_path)
     rows = {r[logged["columns"].index("model")]: dict(zip(logged["columns"], r)) for r in logged["data"]}
     assert list(rows) == ["srtn", "srcnn", "bicubic"]
@@ -136,6 +135,7 @@ def test_comparison_run_holds_tables_figures_metrics_and_links(report, store, tm
     for name in rows:
         for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
             assert run.data.metrics[f"test_{key}.{name}"] == pytest.approx(rows[name][key], abs=1e-9)
+            assert run.data.metrics[f"test_{key}.evaltest.{name}"] == run.data.metrics[f"test_{key}.{name}"]
     assert set(run.data.tags["srtn.evaluated_runs"].split(",")) == set(store["runs"].values())
     assert run.data.tags["srtn.model.srtn.run_id"] == store["runs"]["srtn"]
     # The training runs get their test metrics and a link back (the MLflow contract).
@@ -147,7 +147,7 @@ def test_comparison_run_holds_tables_figures_metrics_and_links(report, store, tm
 def test_reads_only_the_test_split(report, store):
     test_rows = [r for r in read_split_table(store["shards"], "test").to_pylist() if r["split"] == "test"]
     assert len(test_rows) == 5
-    assert set(report.per_slide["source_id"]) == TEST_SOURCES  # no train/val source, not the stray row
+    assert set(report.per_slide["source_id"]) == TEST_SOURCES  # no train/val source
     assert set(report.per_image["split"]) == {"test"}
     assert report.table["n_images"].tolist() == [5, 5, 5]
     counts = report.per_slide.groupby("source_id")["n_images"].first().to_dict()
@@ -205,7 +205,7 @@ def test_uri_forms_resolve_to_pinned_models(store):
         ModelEntry(name="by-alias", uri="models:/evaltest-srtn/champion"),
         ModelEntry(name="bicubic", uri="bicubic"),
     ]
-    resolved = resolve_models(entries, scale=SCALE, tracking_uri=store["uri"])
+    resolved = resolve_models(entries, tracking_uri=store["uri"])
     assert [m.run_id for m in resolved] == [run_id, run_id, store["runs"]["srtn"], None]
     assert resolved[0].resolved_uri.startswith("models:/m-")  # the logged model of that run
     assert resolved[1].resolved_uri == f"runs:/{run_id}/model"
@@ -215,8 +215,9 @@ def test_uri_forms_resolve_to_pinned_models(store):
     cfg = _config(store, tracking={"uri": store["uri"]})
     assert comparison_experiment(cfg, store["uri"], resolved) == (store["experiment_id"], EXPERIMENT)
     assert comparison_experiment(cfg, store["uri"], resolved[3:])[1] == "srtn-evaltest"
-    with pytest.raises(ConfigError, match=r"models.0.uri.*upsamples x4, the evaluation is x8"):
-        resolve_models(entries[:1], scale=8, tracking_uri=store["uri"])
+    # each model's scale is read from it; one of another scale is reported n/a, not refused
+    assert [m.scale for m in resolved] == [SCALE, SCALE, SCALE, None]
+    assert resolved[0].applies_to(SCALE) and not resolved[0].applies_to(8) and resolved[3].applies_to(8)
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/model.pt", "runs:/abc", "models:/", "srtn"])
@@ -243,8 +244,9 @@ def test_config_rules(extra, message):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "evaluate").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(EvaluateConfig, path)
-    assert cfg.data.split == "test"
-    assert cfg.effective_crop_border == cfg.data.scale
+    for d in cfg.dataset_configs():
+        assert d.split == "test"
+        assert cfg.crop_border_for(d.scale) == d.scale
     assert cfg.entries()[-1].uri == "bicubic"
 
 
@@ -259,7 +261,7 @@ def test_cli_prints_table_and_runs_url(report, store, monkeypatch, capsys):
     monkeypatch.setattr("srtn.evaluate.job.evaluate", fake_evaluate)
     overrides = [f"data.shards={store['shards']}", f"tracking.uri={store['uri']}", "data.limit=3"]
     overrides.append("models=[{name: tiny-srcnn, uri: 'models:/evaltest-srcnn/1'}]")
-    argv = ["evaluate", "--config", str(ROOT / "configs" / "evaluate" / "demo.yaml")]
+    argv = ["evaluate", "--config", str(ROOT / "configs" / "evaluate" / "tcga_kirc_mini_x4.yaml")]
     assert main([*argv, *(arg for o in overrides for arg in ("--set", o))]) == 0
     cfg = seen[0]
     assert [e.name for e in cfg.entries()] == ["tiny-srcnn", "bicubic"] and cfg.data.limit == 3
@@ -269,8 +271,34 @@ def test_cli_prints_table_and_runs_url(report, store, monkeypatch, capsys):
     assert f"/#/experiments/{report.experiment_id}/runs" in out
 
 
+@pytest.mark.parametrize("crop", [0, 4, 8])
+def test_the_scorer_equals_srtn_metrics(crop):
+    """`HrReference` (HR half once per batch, per-plane shifted-add Gaussian) against `srtn.metrics`, which the
+    skimage tests pin; identical images give inf PSNR and SSIM 1 as there."""
+    torch.manual_seed(crop)
+    hr = torch.round(torch.rand(3, 3, 40, 36) * 255) / 255
+    sr = torch.round(torch.rand(3, 3, 40, 36) * 255) / 255
+    sr[0] = hr[0]
+    got = HrReference(hr, crop_border=crop).score(sr)
+    expected = {
+        "psnr": psnr(sr, hr, crop_border=crop),
+        "ssim": ssim(sr, hr, crop_border=crop),
+        "psnr_y": psnr(sr, hr, crop_border=crop, y_channel=True),
+        "ssim_y": ssim(sr, hr, crop_border=crop, y_channel=True),
+    }
+    for key, value in expected.items():
+        assert torch.allclose(got[key][1:], value[1:].to(got[key].dtype), rtol=0, atol=1e-12), key
+    assert got["psnr"][0] == got["psnr_y"][0] == float("inf") and got["ssim"][0] == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="does not match HR"):
+        HrReference(hr, crop_border=crop).score(sr[:, :, :32])
+
+
 def test_scoring_maths_imports_no_ray():
-    """`srtn.evaluate.score` and `.report` run where Ray is absent (a notebook, a peer's venv)."""
-    code = "import sys, srtn.evaluate.score, srtn.evaluate.report; print('ray' in sys.modules)"
+    """`srtn.evaluate.score`, `.report`, `.matrix` and `.compare_tiles` run where Ray is absent (a notebook, a
+    peer's venv)."""
+    code = (
+        "import sys, srtn.evaluate.score, srtn.evaluate.report, srtn.evaluate.matrix, srtn.evaluate.compare_tiles; "
+        "print('ray' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -1,14 +1,14 @@
-"""Test-split evaluation of trained models and bicubic, compared in one MLflow run (`srtn evaluate`).
+"""Test-split evaluation of trained models and bicubic on one or several datasets, compared in one MLflow run
+(`srtn evaluate`).
 
-Flow: resolve every model URI against MLflow (`latest` and aliases pinned to a version) and load each
-model on the driver: a bad URI fails here, naming the entry, before any Ray work -> one Ray Data pass
-reads only `OUT/split=test/*.parquet` (rows filtered on `split` too, `srtn.data.reader.read_split`),
-decodes PNGs in `map_batches` tasks and scores batches in a pool of callable-class actors (`actors`,
-`num_gpus` per actor); each actor receives the models once, at start, and runs every model on every
-batch, so all models see the same decoded tiles and each actor start-up (the costly part of a small
-evaluation) is paid once, not once per model -> per-image metrics are averaged per model and per slide
-on the driver (`score`) -> one comparison run: tables, a bar chart, the training-loss curves of the
-compared runs, `test_<metric>.<model>` metrics and tags linking the evaluated runs (`report`).
+Flow: check every dataset's shards against their manifest and resolve every model URI against MLflow
+(`latest` and aliases pinned to a version), loading each model on the driver and reading its scale: a bad
+shard or URI fails here, named, before any Ray work -> one Ray Data pass over all datasets
+(`srtn.evaluate.pipeline`: only the files each manifest lists for the split, rows filtered on `split` too;
+one pool of scoring actors, each holding every model once and running, on each dataset's tiles, the models
+whose scale matches it) -> per-image metrics averaged per dataset, model and slide on the driver (`score`)
+-> the models x datasets matrix (`matrix`; a model of another scale is *not applicable* on a dataset, not an
+error) and the side-by-side pictures (`compare_tiles`) -> one comparison run (`tracking`).
 """
 
 from __future__ import annotations
@@ -16,51 +16,82 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
 
 from srtn import track
 from srtn.config.evaluate import EvaluateConfig, ModelEntry
-from srtn.errors import ConfigError
-from srtn.evaluate.report import log_comparison, markdown_table
-from srtn.evaluate.score import METRICS, ResolvedModel, aggregate, in_model_order, score_batch
-from srtn.models import build_model
+from srtn.errors import ConfigError, ShardError
+from srtn.evaluate.compare_tiles import comparison_pictures
+from srtn.evaluate.matrix import comparison_matrix
+from srtn.evaluate.pipeline import DatasetPlan, dataset_plans, score_datasets
+from srtn.evaluate.report import markdown_table
+from srtn.evaluate.score import METRICS, ResolvedModel, aggregate, in_model_order
+from srtn.evaluate.tracking import Comparison, log_comparison
 from srtn.vocab import BICUBIC
 
-__all__ = ["EvaluationReport", "comparison_experiment", "evaluate", "resolve_models", "run_evaluation"]
+__all__ = ["EvaluationReport", "comparison_experiment", "evaluate", "model_scale", "resolve_models", "run_evaluation"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class EvaluationReport:
-    """What `evaluate` measured and where it logged it. Tables are pandas DataFrames, one row per model
-    (`table`), per model and source slide (`per_slide`), per model and tile (`per_image`)."""
+    """What `evaluate` measured and where it logged it. `table` has a row per (dataset, model) scored,
+    `matrix` one per (model, dataset) cell (not applicable ones included); `comparison` holds the rest
+    (per-slide and per-image tables, pictures)."""
 
     run_id: str
     experiment_id: str
     experiment_name: str
     tracking_uri: str
     runs_url: str
-    table: pd.DataFrame
-    per_slide: pd.DataFrame
-    per_image: pd.DataFrame
-    markdown: str
-    models: list[ResolvedModel]
+    comparison: Comparison
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went: checks, models, ray_start, ...
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.comparison.table
+
+    @property
+    def matrix(self) -> pd.DataFrame:
+        return self.comparison.matrix
+
+    @property
+    def per_slide(self) -> pd.DataFrame:
+        return self.comparison.per_slide
+
+    @property
+    def per_image(self) -> pd.DataFrame:
+        return self.comparison.per_image
+
+    @property
+    def markdown(self) -> str:
+        return self.comparison.markdown()
+
+    @property
+    def models(self) -> list[ResolvedModel]:
+        return self.comparison.models
 
 
 # --------------------------------------------------------------------------- resolving model URIs
 
 
-def resolve_models(entries: Sequence[ModelEntry], *, scale: int, tracking_uri: str) -> list[ResolvedModel]:
-    """Pin and load every entry (bicubic is built); raise one `ConfigError` naming every entry that fails.
+def model_scale(model: torch.nn.Module) -> int:
+    """What `model` upsamples by: its `scale` attribute (every srtn model has one), else one probe forward."""
+    scale = getattr(model, "scale", None)
+    if isinstance(scale, int) and not isinstance(scale, bool):
+        return scale
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, 8, 8))
+    return int(out.shape[-1] // 8)
 
-    Runs on the driver before any Ray work; checks that each model upsamples by `scale` (`model.scale`).
-    """
+
+def resolve_models(entries: Sequence[ModelEntry], *, tracking_uri: str) -> list[ResolvedModel]:
+    """Pin and load every entry and read its scale (bicubic: any scale); raise one `ConfigError` naming every
+    entry that fails. Runs on the driver before any Ray work."""
     resolved: list[ResolvedModel] = []
     errors: list[str] = []
     first_key: str | None = None
@@ -68,15 +99,12 @@ def resolve_models(entries: Sequence[ModelEntry], *, scale: int, tracking_uri: s
         key = f"models.{i}.uri"
         try:
             if entry.uri == BICUBIC:
-                resolved.append(ResolvedModel(entry.name, entry.uri, BICUBIC, None, 0, build_model(BICUBIC, scale)))
+                resolved.append(ResolvedModel(entry.name, entry.uri, BICUBIC, None, 0, None, None))
                 continue
             pinned, run_id = track.pin_model_uri(entry.uri, tracking_uri=tracking_uri)
             model = track.load_model(pinned, tracking_uri=tracking_uri)
-            model_scale = getattr(model, "scale", scale)
-            if model_scale != scale:
-                raise ValueError(f"it upsamples x{model_scale}, the evaluation is x{scale} (data.scale)")
             n_params = sum(p.numel() for p in model.parameters())
-            resolved.append(ResolvedModel(entry.name, entry.uri, pinned, run_id, n_params, model))
+            resolved.append(ResolvedModel(entry.name, entry.uri, pinned, run_id, n_params, model, model_scale(model)))
         except Exception as exc:  # MlflowException, OSError, pickle errors: all mean "this entry is unusable"
             first_key = first_key or key
             errors.append(f"  {key}: model {entry.name!r} ({entry.uri}): {str(exc).strip().splitlines()[0]}")
@@ -87,95 +115,9 @@ def resolve_models(entries: Sequence[ModelEntry], *, scale: int, tracking_uri: s
     return resolved
 
 
-# --------------------------------------------------------------------------- the Ray Data scoring pass
-
-
-class _ScoreActor:
-    """Ray Data callable class: holds every compared model once (on the actor's GPU when it has one) and
-    scores each decoded batch with all of them, one output row per (model, tile)."""
-
-    def __init__(self, models: Any, *, crop_border: int, use_gpu: bool) -> None:
-        import ray
-
-        if isinstance(models, ray.ObjectRef):  # passed by reference: small actor args, one copy in the store
-            models = ray.get(models)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.models = {name: model.to(self.device).eval() for name, model in models.items()}
-        self.crop_border = crop_border
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        parts = []
-        for name, model in self.models.items():
-            try:
-                scores = score_batch(model, batch, crop_border=self.crop_border, device=self.device)
-            except Exception as exc:
-                raise RuntimeError(f"model {name!r} failed on a batch: {exc}") from exc
-            scores["model"] = np.full(len(scores["psnr"]), name, dtype=object)
-            parts.append(scores)
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _num_gpus(cfg: EvaluateConfig) -> float:
-    if cfg.num_gpus is not None:
-        return cfg.num_gpus
-    import ray
-
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
-def _score_all(cfg: EvaluateConfig, models: Sequence[ResolvedModel]) -> pd.DataFrame:
-    """Per-image metrics of every model over the evaluated split: one Ray Data pass (read -> decode tasks
-    -> one actor pool whose actors hold all models), so every model sees the same decoded tiles."""
-    import ray
-
-    from srtn.data.reader import decode_eval_batch, read_split
-
-    d = cfg.data
-    num_gpus = _num_gpus(cfg)
-    ds = read_split(d.shards, d.split, scale=d.scale, limit=d.limit, num_cpus=cfg.data_cpus)
-    ds = ds.map_batches(
-        decode_eval_batch,
-        fn_kwargs={"scale": d.scale, "keep_meta": True},
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        num_cpus=cfg.data_cpus,
-    )
-    ds = ds.map_batches(
-        _ScoreActor,
-        fn_constructor_kwargs={
-            "models": ray.put({m.name: m.model for m in models}),
-            "crop_border": cfg.effective_crop_border,
-            "use_gpu": num_gpus > 0,
-        },
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=num_gpus,
-    )
-    start = time.perf_counter()
-    per_image = ds.to_pandas()
-    logger.info(
-        "scored %d models on %d tiles in %.1f s",
-        len(models),
-        per_image["tile_id"].nunique(),
-        time.perf_counter() - start,
-    )
-    if per_image.empty:
-        raise ConfigError(f"no {d.split} tiles under {d.shards}", key="data.shards")
-    wrong = sorted(set(per_image["split"]) - {d.split})
-    if wrong:  # read_split filters on the column; this guards the contract
-        raise RuntimeError(f"rows of split(s) {wrong} reached the {d.split} evaluation")
-    per_image = per_image[["model", "tile_id", "source_id", "split", *METRICS]]
-    return in_model_order(per_image, models, "tile_id")
-
-
-# --------------------------------------------------------------------------- the job
-
-
 def comparison_experiment(cfg: EvaluateConfig, uri: str, models: Sequence[ResolvedModel]) -> tuple[str, str]:
     """`(id, name)` of the experiment for the comparison run: `tracking.experiment` if set, else the one
-    experiment all evaluated training runs belong to, else `srtn-<dataset>` (created if missing)."""
+    experiment all evaluated training runs belong to, else `srtn-<first dataset>` (created if missing)."""
     client = track.client(uri)
     if not cfg.tracking.experiment:
         ids = {client.get_run(m.run_id).info.experiment_id for m in models if m.run_id}
@@ -186,55 +128,133 @@ def comparison_experiment(cfg: EvaluateConfig, uri: str, models: Sequence[Resolv
     return track.get_or_create_experiment(name, tracking_uri=uri), name
 
 
-def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
-    """Evaluate every model of `cfg` (and bicubic) on the test split; log one MLflow comparison run.
+# --------------------------------------------------------------------------- the job
 
-    Fails before any Ray work when the tracking store is unreachable, the shards have no `data.split`
-    files or a model URI cannot be resolved (`ConfigError` naming each bad entry); shards without
-    `lr_x<scale>` images fail when the dataset is built, before any tile is read. Nothing is logged
-    unless every model was scored.
+
+class _Clock:
+    """Seconds per phase of a job (`lap(name)` closes the phase begun at the previous lap)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+
+def _check_datasets(cfg: EvaluateConfig) -> None:
+    """Every dataset's shards against their manifest, before any Ray work (`ShardError` naming the files; in
+    the list form its key names the entry, `datasets.<i>.shards`)."""
+    from srtn.data.reader import check_shards
+
+    for i, d in enumerate(cfg.dataset_configs()):
+        try:
+            check_shards(d.shards, d.scale, splits=(d.split,))
+        except ShardError as exc:
+            if cfg.data is not None:
+                raise
+            key = (exc.key or "data.shards").replace("data.", f"datasets.{i}.", 1)
+            raise ShardError(
+                f"datasets.{i} ({d.name}): {exc}", path=exc.path or d.shards, problems=exc.problems, key=key
+            ) from exc
+
+
+def _per_dataset(plans: Sequence[DatasetPlan], models: Sequence[ResolvedModel], per_image: pd.DataFrame):
+    """`(tables, per_slide, per_image)`: each dataset's table (config order) and the per-slide and per-image
+    tables of all datasets in dataset, model and tile order; a dataset without rows is an error naming it."""
+    tables, slides, images = {}, [], []
+    for p in plans:
+        rows = per_image[per_image["dataset"] == p.name] if not per_image.empty else per_image
+        if not p.models:
+            continue
+        if rows.empty:
+            raise ConfigError(f"no {p.split} tiles under {p.shards} ({p.name})", key=p.key)
+        wrong = sorted(set(rows["split"]) - {p.split})
+        if wrong:  # read_split filters on the column; this guards the contract
+            raise RuntimeError(f"rows of split(s) {wrong} reached the {p.split} evaluation of {p.name}")
+        rows = in_model_order(rows[["model", "dataset", "tile_id", "source_id", "split", *METRICS]], models, "tile_id")
+        table, per_slide = aggregate(rows, models)
+        tables[p.name] = table
+        slides.append(per_slide.assign(dataset=p.name))
+        images.append(rows)
+    if not tables:
+        raise ConfigError("no model applies to any dataset's scale: nothing was scored", key="models")
+    per_slide = pd.concat(slides, ignore_index=True)
+    return (
+        tables,
+        per_slide[["dataset", *[c for c in per_slide.columns if c != "dataset"]]],
+        pd.concat(images, ignore_index=True),
+    )
+
+
+def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
+    """Evaluate every model of `cfg` (and bicubic) on the split of every dataset; log one comparison run.
+
+    Fails before any Ray work when the tracking store is unreachable, a dataset's shard folder does not
+    match its manifest for its split at its scale (`ShardError` naming every missing, extra, truncated or
+    changed file, no `lr_x<scale>` images, no files of the split) or a model URI cannot be resolved
+    (`ConfigError` naming each bad entry). Nothing is logged unless every applicable pair was scored.
     """
-    from srtn.data.shards import shard_files
     from srtn.runtime import init_ray
 
+    clock = _Clock()
     uri = track.resolve_tracking_uri(cfg.tracking.uri)
     track.check_tracking_server(uri)
-    if not shard_files(cfg.data.shards, cfg.data.split):
-        raise ConfigError(
-            f"no {cfg.data.split} shards under {cfg.data.shards} (expected {cfg.data.shards}/split={cfg.data.split}/"
-            "*.parquet)",
-            key="data.shards",
-        )
-    models = resolve_models(cfg.entries(), scale=cfg.data.scale, tracking_uri=uri)
+    _check_datasets(cfg)
+    clock.lap("checks")
+    models = resolve_models(cfg.entries(), tracking_uri=uri)
+    plans = dataset_plans(cfg, models)
+    for p in plans:
+        skipped = [m.name for m in models if m.name not in p.models]
+        if skipped:
+            logger.warning("%s is x%d: %s not applicable (another scale)", p.name, p.scale, ", ".join(skipped))
+    clock.lap("models")
     init_ray()
-    per_image = _score_all(cfg, models)
+    clock.lap("ray_start")
+    per_image = score_datasets(cfg, models, [p for p in plans if p.models])
+    clock.lap("scoring")
+    tables, per_slide, per_image = _per_dataset(plans, models, per_image)
+    matrix = comparison_matrix(tables, models, {p.name: p.scale for p in plans})
+    comparison = Comparison(list(plans), list(models), tables, per_slide, per_image, matrix)
+    pics = cfg.compare_tiles
+    if pics.count > 0:
+        comparison.pictures, comparison.tiles = comparison_pictures(
+            [p for p in plans if p.name in tables], models, per_image, count=pics.count, seed=pics.seed,
+            cell=pics.cell_size, gain_tiles=pics.gain_tiles, channels_last=cfg.channels_last,
+        )  # fmt: skip
+    clock.lap("pictures")
     experiment_id, experiment_name = comparison_experiment(cfg, uri, models)
-    table, per_slide = aggregate(per_image, models)
-    markdown = markdown_table(table)
-    run_id = log_comparison(cfg, uri, experiment_id, models, table, per_slide, per_image, markdown)
+    run_id = log_comparison(cfg, uri, experiment_id, comparison)
+    clock.lap("mlflow")
+    logger.info("evaluation seconds: %s", {k: round(v, 2) for k, v in clock.seconds.items()})
     return EvaluationReport(
         run_id=run_id,
         experiment_id=experiment_id,
         experiment_name=experiment_name,
         tracking_uri=uri,
         runs_url=track.runs_url(uri, experiment_id),
-        table=table,
-        per_slide=per_slide,
-        per_image=per_image,
-        markdown=markdown,
-        models=list(models),
+        comparison=comparison,
+        seconds=clock.seconds,
     )
 
 
 def run_evaluation(cfg: EvaluateConfig) -> int:
-    """`srtn evaluate`: run `evaluate`, print the comparison table and how to open its runs; exit code 0."""
+    """`srtn evaluate`: run `evaluate`, print the tables, the matrix and how to open its runs; exit code 0."""
     report = evaluate(cfg)
-    d = cfg.data
-    print(f"\n{d.name} x{d.scale}, {d.split} split, crop_border={cfg.effective_crop_border} (SR quantized to uint8):\n")
-    print(report.markdown)
-    if BICUBIC in set(report.table["model"]):
-        row = report.table.set_index("model").loc[BICUBIC]
-        print(f"\nbicubic vs HR (interpolation baseline): MSE {row.mse:.6f} on [0,1], {row.mse_uint8:.2f} on 0-255")
+    c = report.comparison
+    for p in c.plans:
+        if p.name not in c.tables:
+            continue
+        print(f"\n{p.name} x{p.scale}, {p.split} split, crop_border={p.crop_border} (SR quantized to uint8):\n")
+        print(markdown_table(c.tables[p.name]))
+        table = c.tables[p.name].set_index("model")
+        if BICUBIC in table.index:
+            row = table.loc[BICUBIC]
+            print(f"\nbicubic vs HR (interpolation baseline): MSE {row.mse:.6f} on [0,1], {row.mse_uint8:.2f} on 0-255")
+    if len(c.plans) > 1:
+        print(f"\nmodels x datasets, PSNR / SSIM (RGB, and Y):\n\n{c.matrix_markdown(compact=True)}")
     print(f"\ncomparison run {report.run_id} ({cfg.run_name}) in experiment {report.experiment_name}")
     for line in track.ui_hint(report.tracking_uri, report.experiment_id):
         print(line)

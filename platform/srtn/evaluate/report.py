@@ -1,37 +1,32 @@
-"""What `srtn evaluate` leaves in MLflow: the comparison table as markdown, a bar chart, the training-loss
-curves of the compared runs, and one comparison run holding them with `<split>_<metric>.<model>` metrics
-and tags linking the evaluated runs (which get their `test_*` metrics back).
+"""Tables and figures of one dataset's comparison: the table as markdown, a bar chart, and the training-loss
+curves of the compared runs (read back from their MLflow runs). The models x datasets matrix is
+`srtn.evaluate.matrix`, the side-by-side pictures `srtn.evaluate.compare_tiles`, and what the comparison run
+holds `srtn.evaluate.tracking`.
 
-Everything goes through `srtn.track`'s client; figures are drawn on Agg, whatever pyplot's backend is.
+Figures are drawn on Agg, whatever pyplot's backend is.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from srtn import track
-from srtn.config.evaluate import EvaluateConfig
-from srtn.evaluate.score import METRICS, ResolvedModel
+from srtn.evaluate.score import ResolvedModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.tracking import MlflowClient
 
-__all__ = ["LOSS_KEYS", "bar_figure", "log_comparison", "loss_figure", "loss_histories", "markdown_table"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["LOSS_KEYS", "bar_figure", "loss_figure", "loss_histories", "markdown_table"]
 
 LOSS_KEYS: tuple[str, ...] = ("train_loss", "val_loss")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """The comparison table as GitHub markdown (no extra dependency)."""
+    """One dataset's comparison table as GitHub markdown (no extra dependency)."""
     head = "| model | PSNR | SSIM | PSNR-Y | SSIM-Y | MSE | MSE (0-255) | images | params |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table.itertuples(index=False):
@@ -100,93 +95,3 @@ def loss_figure(histories: Mapping[str, Mapping[str, list]], title: str) -> Figu
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig
-
-
-def _comparison_tags(cfg: EvaluateConfig, models: Sequence[ResolvedModel], markdown: str) -> dict[str, Any]:
-    """Tags of the comparison run: what was evaluated, how, and the table as the run's note."""
-    split, crop = cfg.data.split, cfg.effective_crop_border
-    note = (
-        f"{split} split of `{cfg.data.shards}` (x{cfg.data.scale}): SR outputs quantized to uint8, "
-        f"crop_border={crop}, RGB and BT.601 Y (`_y`).\n\n{markdown}"
-    )
-    tags: dict[str, Any] = {
-        "srtn.job": "evaluate",
-        "srtn.dataset": cfg.data.name,
-        "srtn.scale": cfg.data.scale,
-        "srtn.split": split,
-        "srtn.crop_border": crop,
-        "srtn.git_commit": track.git_commit(),
-        "srtn.evaluated_runs": ",".join(dict.fromkeys(m.run_id for m in models if m.run_id)),
-        "mlflow.note.content": note,
-    }
-    for m in models:
-        tags[f"srtn.model.{m.name}.uri"] = m.resolved_uri
-        if m.run_id:
-            tags[f"srtn.model.{m.name}.run_id"] = m.run_id
-    return tags
-
-
-def log_comparison(
-    cfg: EvaluateConfig,
-    uri: str,
-    experiment_id: str,
-    models: Sequence[ResolvedModel],
-    table: pd.DataFrame,
-    per_slide: pd.DataFrame,
-    per_image: pd.DataFrame,
-    markdown: str,
-) -> str:
-    """One comparison run: params, tables, figures, per-model metrics and tags; returns its id."""
-    from mlflow.entities import Metric
-
-    client = track.client(uri)
-    split, crop = cfg.data.split, cfg.effective_crop_border
-    run_id = track.create_run(uri, experiment_id, run_name=cfg.run_name, tags=_comparison_tags(cfg, models, markdown))
-    try:
-        track.log_params_flat(uri, run_id, cfg)
-        now = int(time.time() * 1000)
-        values = [
-            Metric(track.sanitize_key(f"{split}_{key}.{r.model}"), float(getattr(r, key)), now, 0)
-            for r in table.itertuples(index=False)
-            for key in (*METRICS, "mse_uint8")
-        ]
-        client.log_batch(run_id, metrics=values)
-        client.log_table(run_id, data=table, artifact_file="comparison.json")
-        client.log_table(run_id, data=per_slide, artifact_file="per_slide.json")
-        client.log_table(run_id, data=per_image, artifact_file="per_image.json")
-        client.log_text(run_id, markdown + "\n", "comparison.md")
-        title = f"{cfg.data.name} x{cfg.data.scale}, {split} split, crop {crop}"
-        client.log_figure(run_id, bar_figure(table, title), "comparison.png")
-        histories = loss_histories(client, models)
-        if histories:
-            loss_title = f"training runs of the compared models ({cfg.data.name} x{cfg.data.scale})"
-            client.log_figure(run_id, loss_figure(histories, loss_title), "loss_curves.png")
-        else:
-            logger.warning("no model has a training run with %s: no loss_curves.png", "/".join(LOSS_KEYS))
-        if split == "test" and cfg.tracking.log_to_source_runs:
-            _log_to_source_runs(client, run_id, models, table)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def _log_to_source_runs(
-    client: MlflowClient, run_id: str, models: Sequence[ResolvedModel], table: pd.DataFrame
-) -> None:
-    """`test_psnr`, `test_ssim` (and `_y`) on each evaluated training run (the MLflow contract), with a tag
-    pointing back at the comparison run; skipped for a run that two compared models share."""
-    from mlflow.entities import Metric, RunTag
-
-    counts = pd.Series([m.run_id for m in models if m.run_id]).value_counts()
-    rows = table.set_index("model")
-    now = int(time.time() * 1000)
-    for m in models:
-        if not m.run_id:
-            continue
-        if counts[m.run_id] > 1:
-            logger.warning("run %s backs several compared models: test metrics not copied to it", m.run_id)
-            continue
-        values = [Metric(f"test_{k}", float(rows.at[m.name, k]), now, 0) for k in ("psnr", "ssim", "psnr_y", "ssim_y")]
-        client.log_batch(m.run_id, metrics=values, tags=[RunTag("srtn.test_comparison_run", run_id)])

@@ -1,7 +1,9 @@
 """MLflow in one place: where runs go (`uris`), runs and params (`runs`), pictures and per-epoch records
-(`images`), model URIs (`models`). Jobs use these helpers, never ad-hoc `mlflow.*` calls, so the embedded
-default, the path rules and the UI link are the same everywhere."""
+(`images`), the shards a run read as dataset inputs (`datasets`), model URIs (`models`). Jobs use these
+helpers, never ad-hoc `mlflow.*` calls, so the embedded default, the path rules and the UI link are the same
+everywhere."""
 
+from srtn.track.datasets import log_shards_input, shards_dataset
 from srtn.track.images import EpochLogger, image_grid, log_image_grid
 from srtn.track.models import fluent_tracking_uri, load_model, log_model, pin_model_uri, register_model
 from srtn.track.runs import (
@@ -42,6 +44,7 @@ __all__ = [
     "log_image_grid",
     "log_model",
     "log_params_flat",
+    "log_shards_input",
     "open_or_resume_run",
     "pin_model_uri",
     "register_model",
@@ -49,5 +52,6 @@ __all__ = [
     "runs_url",
     "sanitize_key",
     "set_tags",
+    "shards_dataset",
     "ui_hint",
 ]

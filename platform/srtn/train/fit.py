@@ -257,6 +257,7 @@ def fit(
     shards do not match their manifest (missing, extra, truncated or changed files, no `lr_x<scale>`), so a
     bad shard never reaches Ray Train; re-raises Ray's `TrainingFailedError` (the MLflow run is then marked
     FAILED; running again with the same run name resumes it)."""
+    from srtn.data.manifest import manifest_hash
     from srtn.data.reader import check_shards
     from srtn.runtime import init_ray
     from srtn.train.progress import epoch_progress
@@ -282,6 +283,9 @@ def fit(
     try:
         track.log_params_flat(uri, run_id, cfg)
         track.set_tags(uri, run_id, _provenance_tags(cfg) | {"srtn.resumed": resumed})
+        track.log_shards_input(
+            uri, run_id, shards=cfg.data.shards, name=cfg.data.name, context="train", digest=manifest_hash
+        )
         result = _finished_result(run_dir, cfg.optim.epochs) if resumed else None
         if result is None:
             init_ray()

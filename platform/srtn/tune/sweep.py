@@ -233,6 +233,7 @@ def tune_sweep(cfg: TuneConfig) -> SweepOutcome:
     `ResourceError` (one trial does not fit the cluster)."""
     from ray import tune
 
+    from srtn.data.manifest import manifest_hash
     from srtn.data.reader import check_shards
     from srtn.runtime import init_ray
 
@@ -257,6 +258,8 @@ def tune_sweep(cfg: TuneConfig) -> SweepOutcome:
     concurrent = check_cluster(plan_cfg)
     experiment_id = track.get_or_create_experiment(cfg.experiment_name, tracking_uri=uri)
     parent = _open_parent_run(plan_cfg, uri=uri, experiment_id=experiment_id, name=name, sweep_uri=sweep_uri)
+    data = cfg.train.data  # the sweep's shards as the parent run's input (each trial's run logs its own in fit)
+    track.log_shards_input(uri, parent, shards=data.shards, name=data.name, context="train", digest=manifest_hash)
     c = track.client(uri)
     print(
         f"sweep {name}: {sweep_uri}  (MLflow parent run {parent}; resume with --resume --set run.name={name})",
