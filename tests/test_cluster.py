@@ -240,7 +240,7 @@ def test_s3_slides_to_shards_to_training_against_a_local_s3_server(cluster, repo
         manifest = _check_shards(shards)
         assert all(r["uri"].startswith(f"s3://{BUCKET}/slides/") for r in manifest["sources"])
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="shards/")["Contents"]}
-        assert "shards/manifest.json" in keys
+        assert "shards/_manifest.json" in keys and "shards/manifest.json" not in keys
         assert sum(k.endswith(".parquet") for k in keys) >= 3
 
         uri = f"sqlite:///{work / 'mlflow-s3' / 'mlflow.db'}"
