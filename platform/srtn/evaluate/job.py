@@ -228,7 +228,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     experiment_id, experiment_name = comparison_experiment(cfg, uri, models)
     run_id = log_comparison(cfg, uri, experiment_id, comparison)
     clock.lap("mlflow")
-    logger.info("evaluation seconds: %s", {k: round(v, 2) for k, v in clock.seconds.items()})
+    logger.debug("evaluation seconds: %s", {k: round(v, 2) for k, v in clock.seconds.items()})
     return EvaluationReport(
         run_id=run_id,
         experiment_id=experiment_id,

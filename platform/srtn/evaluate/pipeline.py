@@ -259,5 +259,5 @@ def score_datasets(cfg: EvaluateConfig, models: Sequence[ResolvedModel], plans: 
         )
         start = time.perf_counter()
         per_image = ds.to_pandas()
-    logger.info("scored %d (model, tile) pairs in %.1f s", len(per_image), time.perf_counter() - start)
+    logger.debug("scored %d (model, tile) pairs in %.1f s", len(per_image), time.perf_counter() - start)
     return per_image
