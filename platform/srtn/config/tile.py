@@ -15,9 +15,23 @@ SLIDE_EXTENSIONS: list[str] = [".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu",
 
 
 class TileGridConfig(StrictModel):
-    size: int = Field(256, ge=8, description="tile side in pixels of `level`")
-    level: int = Field(0, ge=0, description="pyramid level tiles are cut from")
-    stride: int | None = Field(None, ge=1, description="step between tiles (level pixels); default = size")
+    size: int = Field(256, ge=8, description="tile side in HR pixels (of `level`, or of `mpp`)")
+    level: int = Field(0, ge=0, description="pyramid level tiles are cut from (mpp: null only)")
+    stride: int | None = Field(None, ge=1, description="step between tiles (HR pixels); default = size")
+    mpp: float | None = Field(
+        None,
+        gt=0,
+        description="target microns per HR pixel: every tile covers size x mpp microns whatever the scan's "
+        "magnification (read from the level that best covers it, anti-aliased resample); null: pixels of `level`",
+    )
+
+    @model_validator(mode="after")
+    def _mpp_or_level(self) -> TileGridConfig:
+        if self.mpp is not None and self.level != 0:
+            raise ValueError(
+                f"tiles.mpp {self.mpp} picks the level per slide; leave tiles.level at 0 (got {self.level})"
+            )
+        return self
 
     @property
     def step(self) -> int:
@@ -90,6 +104,15 @@ class ExecutionConfig(StrictModel):
     num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per slide task")
     concurrency: int | None = Field(None, ge=1, description="max slide tasks at once (default: as CPUs allow)")
     max_read_errors: int = Field(10, ge=1, description="tile read errors after which a slide is given up")
+    region_tiles: int = Field(
+        512,
+        ge=1,
+        description="max_tiles_per_slide null: a slide with more tissue candidates is cut by several region tasks "
+        "of about this many candidates each (one slide uses every CPU); their files are merged per split",
+    )
+    row_group_rows: int = Field(
+        128, ge=1, description="rows per Parquet row group: a task holds at most this many rows per split"
+    )
 
 
 class TileConfig(DataJobConfig):
@@ -103,10 +126,26 @@ class TileConfig(DataJobConfig):
     split: SplitConfig = Field(default_factory=SplitConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     qc: QcConfig = Field(default_factory=QcConfig)
-    max_tiles_per_slide: int = Field(100, ge=1)
+    slide_mpp: dict[str, float] | str | None = Field(
+        None,
+        description="MPP (microns per level-0 pixel) of slides whose file has none: {slide id or file-name glob: mpp} "
+        "or a CSV file with columns slide,mpp; only read with tiles.mpp",
+    )
+    max_tiles_per_slide: int | None = Field(
+        100, ge=1, description="cap per slide (a seeded random sample of the passing tiles); null: every passing tile"
+    )
     seed: int = 0
     overwrite: bool = False
     strict: bool = False
+
+    @field_validator("slide_mpp")
+    @classmethod
+    def _positive_mpp(cls, value: dict[str, float] | str | None) -> dict[str, float] | str | None:
+        if isinstance(value, dict):
+            bad = {k: v for k, v in value.items() if not v > 0}
+            if bad:
+                raise ValueError(f"slide_mpp values must be positive microns per pixel, got {bad}")
+        return value
 
     @model_validator(mode="after")
     def _tile_divisible(self) -> TileConfig:

@@ -14,6 +14,7 @@ and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -33,16 +34,21 @@ from srtn.data.manifest import (
     summary_table,
     write_status,
 )
+from srtn.data.mpp import load_slide_mpp
 from srtn.data.qc import write_slide_qc
 from srtn.data.qc_index import write_qc_index
-from srtn.data.shards import existing_shards, remove_source_files, write_source_files
+from srtn.data.regions import merge_regions, needs_regions, process_region, region_items
+from srtn.data.shard_writer import SourceShardWriter
+from srtn.data.shards import existing_shards, remove_source_files
 from srtn.data.splits import site_groups
-from srtn.data.tile_slide import SlideResult, group_mode, tile_slide
+from srtn.data.tile_slide import SlideResult, cut_slide, group_mode, opened, plan_slide
 from srtn.errors import SlideError
 
 __all__ = ["NOT_ROW_KEYS", "tile_fingerprint", "process_slide", "run_tiling", "tile_dataset", "exit_code"]
 
 logger = logging.getLogger(__name__)
+
+REGIONS = "regions"  # a process_slide result that is not a record yet: the slide's region tasks
 
 NOT_ROW_KEYS: tuple[str, ...] = ("input", "output", "extensions", "execution", "qc", "overwrite", "strict")
 """Config keys that never change a slide's rows; every other key is in the fingerprint (a new key is too,
@@ -84,33 +90,54 @@ def _add_qc(record: dict[str, Any], cfg: TileConfig, local: str, result: SlideRe
     return record
 
 
-def _tile_and_publish(uri: str, source_id: str, cfg: TileConfig, group: str) -> dict[str, Any]:
+class _WriteError(Exception):
+    """A shard write failed while the slide was being cut (the store, not the slide, is at fault)."""
+
+
+def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, group: str) -> dict[str, Any]:
+    """Cut a planned slide straight into its shard writer (memory: a row group), then publish its files."""
+    with SourceShardWriter(cfg.output, source_id, row_group_rows=cfg.execution.row_group_rows) as writer:
+
+        def sink(row: dict[str, Any]) -> None:
+            try:
+                writer.add(row)
+            except Exception as exc:
+                raise _WriteError(exc) from exc
+
+        result = cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink)
+        try:
+            files = writer.publish()
+        except Exception as exc:
+            raise _WriteError(exc) from exc
+    record = result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
+    return _add_qc(record, cfg, reader.path, result)
+
+
+def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> dict[str, Any]:
+    uri, source_id = item["uri"], item["source_id"]
     try:
         with storage.stage_local(uri) as local:
             try:
-                result = tile_slide(local, source_id=source_id, cfg=cfg, group=group)
+                with opened(local) as reader:
+                    plan = plan_slide(reader, source_id=source_id, cfg=cfg)
+                    if needs_regions(plan, cfg):  # the driver runs its regions, then merges them
+                        return {"source_id": source_id, "status": REGIONS, "regions": region_items(item, plan, cfg)}
+                    return _cut_and_publish(reader, plan, source_id, cfg, group)
             except SlideError as exc:
                 return _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
-            try:
-                files = write_source_files(result.rows, cfg.output, source_id)
-            except Exception as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
-                return _failed(cfg.output, source_id, f"cannot write its shards: {exc}", output_error=True)
-            record = result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
-            return _add_qc(record, cfg, local, result)
+    except _WriteError as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
+        return _failed(cfg.output, source_id, f"cannot write its shards: {exc.__cause__}", output_error=True)
     except SlideError as exc:
         return _failed(cfg.output, source_id, exc.reason)
     except Exception as exc:  # a slide must never kill the job: record what happened
         return _failed(cfg.output, source_id, f"{type(exc).__name__}: {exc}")
 
 
-def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
-    """Tile one slide, publish its shards, then its status record; never raises for a bad slide or a bad
-    write (both become a `failed` record)."""
+def _finish(record: dict[str, Any], item: Mapping[str, Any], cfg: TileConfig, group: str, start: float) -> dict:
+    """Stamp a slide's record and write it (its status record is what makes the slide resumable)."""
     uri, source_id = item["uri"], item["source_id"]
-    start = time.perf_counter()
-    record = _tile_and_publish(uri, source_id, cfg, group)
     record |= {"uri": uri, "path": uri, "fingerprint": tile_fingerprint(cfg, group)}
-    record["seconds"] = round(time.perf_counter() - start, 3)
+    record["seconds"] = round(time.perf_counter() - start + float(item.get("seconds_before", 0.0)), 3)
     try:
         write_status(cfg.output, record)
     except Exception as exc:  # without its record the slide cannot be resumed: count it as not written
@@ -119,19 +146,70 @@ def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> di
     return record
 
 
+def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
+    """Tile one slide, publish its shards, then its status record; never raises for a bad slide or a bad
+    write (both become a `failed` record). A slide cut whole that needs region tasks comes back as a
+    `regions` record listing them (nothing written yet)."""
+    start = time.perf_counter()
+    record = _tile_and_publish(item, cfg, group)
+    if record["status"] == REGIONS:
+        record["regions"] = json.dumps(record["regions"])  # Ray Data rows stay flat
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return record
+    return _finish(record, item, cfg, group, start)
+
+
+def merge_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
+    """Merge a slide's region results (`item["results"]`, JSON) into its files; write its record."""
+    start, source_id = time.perf_counter(), item["source_id"]
+    results = json.loads(item["results"])
+    try:
+        with storage.stage_local(item["uri"]) as local:
+            try:
+                record, result = merge_regions(local, source_id, results, cfg=cfg)
+                record = _add_qc(record, cfg, local, result)
+            except SlideError as exc:
+                record = _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
+    except Exception as exc:  # the merge could not write (the store refused): not the slide's fault
+        record = _failed(
+            cfg.output, source_id, f"cannot write its shards: {type(exc).__name__}: {exc}", output_error=True
+        )
+    return _finish(record, item, cfg, group, start)
+
+
 def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> list[dict[str, Any]]:
-    """Run `process_slide` over `todo` with Ray Data, one task per slide; returns the records."""
+    """Run `process_slide` over `todo` with Ray Data, one task per slide; slides cut whole that are larger
+    than a region then get one task per region and one merge task each (`srtn.data.regions`). Returns the
+    slides' records."""
     from srtn.data.per_item import map_items
 
-    return map_items(
-        process_slide,
-        todo,
-        fn_kwargs={"cfg": cfg, "group": group},
-        num_cpus=cfg.execution.num_cpus_per_task,
-        concurrency=cfg.execution.concurrency,
-        desc="tiling",
-        unit="slide",
-    )
+    def run(fn: Any, items: list[dict[str, Any]], desc: str, unit: str) -> list[dict[str, Any]]:
+        kwargs = {"cfg": cfg, "group": group}
+        ex = cfg.execution
+        return map_items(
+            fn, items, fn_kwargs=kwargs, num_cpus=ex.num_cpus_per_task, concurrency=ex.concurrency, desc=desc, unit=unit
+        )
+
+    records = run(process_slide, todo, "tiling", "slide")
+    split_up = {r["source_id"]: r for r in records if r["status"] == REGIONS}
+    if not split_up:
+        return records
+    regions = [region for r in split_up.values() for region in json.loads(r["regions"])]
+    results: dict[str, list[dict[str, Any]]] = {sid: [] for sid in split_up}
+    for result in run(process_region, regions, f"regions of {len(split_up)} whole slides", "region"):
+        results[result["source_id"]].append(result)
+    uris = {item["source_id"]: item["uri"] for item in todo}
+    merges = [
+        {"uri": uris[sid], "source_id": sid, "results": json.dumps(res), "seconds_before": _busy(split_up[sid], res)}
+        for sid, res in results.items()
+    ]
+    merged = run(merge_slide, merges, "merging", "slide")
+    return [r for r in records if r["status"] != REGIONS] + merged
+
+
+def _busy(planned: Mapping[str, Any], results: list[dict[str, Any]]) -> float:
+    """Task seconds a slide took before its merge: planning plus every region (CPU-time-like, summed)."""
+    return float(planned.get("seconds", 0.0)) + sum(float(r.get("seconds", 0.0)) for r in results)
 
 
 def exit_code(records: list[Mapping[str, Any]], *, strict: bool, what: str = "slides") -> int:
@@ -150,6 +228,8 @@ def run_tiling(cfg: TileConfig) -> int:
     Ray starts."""
     found = list_inputs(cfg.input, extensions=cfg.extensions, output=cfg.output)  # first: it writes nothing
     check_output(cfg.output)
+    if isinstance(cfg.slide_mpp, str):  # a CSV: read (and checked) once here; tasks get the mapping
+        cfg = cfg.model_copy(update={"slide_mpp": load_slide_mpp(cfg.slide_mpp)})
     group = group_mode(cfg, len(found.slides))
     if group == "site":
         site_groups([storage.basename(s.uri) for s in found.slides])  # names without a TCGA site: exit 2

@@ -1,18 +1,27 @@
 """Slides -> HR/LR tile pairs: the per-slide work, pure Python (no Ray) so tests call it directly.
 
 Read only what is kept: a tissue mask from a small level rules out background without touching
-level 0; the remaining candidates are visited in a seeded random order and reading stops at the
-cap. That keeps a uniform random sample of the passing tiles (the original's random pick) while
-decoding little more than what is kept.
+level 0; with a cap the remaining candidates are visited in a seeded random order and reading stops at
+the cap. That keeps a uniform random sample of the passing tiles (the original's random pick) while
+decoding little more than what is kept. Without a cap (`max_tiles_per_slide: null`) every candidate is
+visited in row-major order (reads stay local in OpenSlide's tile cache) and kept rows go straight to a
+`SourceShardWriter`, so memory is bounded by a row group, not by the slide; a `region` (start, stop) of the
+candidate list lets several tasks share one slide (`srtn.data.regions`).
+
+Physical size (`tiles.mpp`): `srtn.data.mpp.tile_geometry` picks the level and footprint per slide; the HR
+tile is that footprint resampled with an anti-aliased filter (cv2 INTER_AREA).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import openslide
 
@@ -20,14 +29,28 @@ from srtn import storage
 from srtn.config.tile import TileConfig
 from srtn.data.barcodes import patient_from_name
 from srtn.data.inputs import slide_id
+from srtn.data.mpp import TileGeometry, load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.qc import TileMarks
 from srtn.data.quality import downsample, rejection_reason
 from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
-from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tile_grid, tissue_mask
+from srtn.data.slides import SlideInfo, mask_fraction, open_slide, read_rgb, slide_info, tissue_mask
 from srtn.data.splits import assign_split, site_group, spatial_block_id
 from srtn.errors import SlideError
 
-__all__ = ["SlideResult", "candidate_order", "group_mode", "lr_levels", "source_id_for", "tile_slide"]
+__all__ = [
+    "SlidePlan",
+    "SlideResult",
+    "candidate_order",
+    "cut_slide",
+    "group_mode",
+    "lr_levels",
+    "open_and_plan",
+    "opened",
+    "plan_slide",
+    "slide_record",
+    "source_id_for",
+    "tile_slide",
+]
 
 
 @dataclass
@@ -114,23 +137,48 @@ def _no_tiles_reason(grid: int, candidates: int, decoded: int, size: int, level:
     return f"no tiles: all {decoded} decoded tiles were rejected by the filters"
 
 
-def tile_slide(local_path: str, *, source_id: str, cfg: TileConfig, group: str = "patient") -> SlideResult:
-    """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable."""
+@contextlib.contextmanager
+def opened(local_path: str) -> Iterator[_Reader]:
+    """An open slide for `plan_slide` and `cut_slide` (reopened after a failed read); closed on exit."""
     _check_readable(local_path)
     reader = _Reader(local_path)
     try:
-        return _tile_open_slide(reader, source_id=source_id, cfg=cfg, group=group)
+        yield reader
     finally:
         reader.close()
 
 
-def lr_levels(info: SlideInfo, cfg: TileConfig, path: str) -> dict[int, int]:
+def tile_slide(
+    local_path: str,
+    *,
+    source_id: str,
+    cfg: TileConfig,
+    group: str = "patient",
+    sink: Callable[[dict[str, Any]], None] | None = None,
+    region: tuple[int, int] | None = None,
+) -> SlideResult:
+    """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable.
+
+    Kept rows are collected in the result, or passed one by one to `sink` (then the result's rows stay empty).
+    `region` (start, stop): only those candidates of the row-major candidate list (whole-slide extraction)."""
+    with opened(local_path) as reader:
+        plan = plan_slide(reader, source_id=source_id, cfg=cfg)
+        return cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink, region=region)
+
+
+def open_and_plan(local_path: str, *, source_id: str, cfg: TileConfig) -> SlidePlan:
+    """The plan of one slide (geometry, tissue mask, candidates) without reading any level-0 tile."""
+    with opened(local_path) as reader:
+        return plan_slide(reader, source_id=source_id, cfg=cfg)
+
+
+def lr_levels(info: SlideInfo, cfg: TileConfig, path: str, base: float | None = None) -> dict[int, int]:
     """`lr.method: pyramid`: the level read for each LR scale, the one whose downsample is the scale times that
-    of `tiles.level` (within 2%: Aperio stores e.g. 4.0002). A scale without such a level falls back to
-    `lr.pyramid_fallback`, or fails the slide naming its downsamples."""
+    of an HR pixel (`base`: of `tiles.level`, or of `tiles.mpp`), within 2%: Aperio stores e.g. 4.0002. A scale
+    without such a level falls back to `lr.pyramid_fallback`, or fails the slide naming its downsamples."""
     if cfg.lr.method != "pyramid":
         return {}
-    base = info.level_downsamples[cfg.tiles.level]
+    base = info.level_downsamples[cfg.tiles.level] if base is None else base
     levels: dict[int, int] = {}
     for scale in cfg.lr.scales:
         want = base * scale
@@ -141,18 +189,74 @@ def lr_levels(info: SlideInfo, cfg: TileConfig, path: str) -> dict[int, int]:
     if missing and cfg.lr.pyramid_fallback is None:
         have = ", ".join(f"{ds:g}" for ds in info.level_downsamples)
         raise SlideError(
-            f"lr.method pyramid: no level at x{missing} of level {cfg.tiles.level} (downsamples {have}); "
+            f"lr.method pyramid: no level at x{missing} of the HR tiles' downsample {base:g} (downsamples {have}); "
             "set lr.pyramid_fallback or another lr.method",
             path=path,
         )
     return levels
 
 
-def _read_pair(reader: _Reader, cfg: TileConfig, x0: int, y0: int, levels: dict[int, int]) -> tuple[np.ndarray, dict]:
-    """The HR tile at level-0 (x0, y0) and its LR partners: the slide's own level for the scales in `levels`
-    (the scanner's downsampling), else ours (`lr.method`, or `lr.pyramid_fallback` with `pyramid`)."""
-    level, size = cfg.tiles.level, cfg.tiles.size
-    hr = read_rgb(reader.slide, x0, y0, level, size, size)
+@dataclass
+class SlidePlan:
+    """What is known of a slide before any level-0 read: its metadata, tile geometry, LR levels, tissue mask
+    and the level-0 corners of its tissue candidates (row-major)."""
+
+    info: SlideInfo
+    geometry: TileGeometry
+    lr_levels: dict[int, int]
+    origin: str
+    mask: np.ndarray
+    mask_downsample: float
+    grid_tiles: int
+    candidates: list[tuple[int, int]]
+    mpp: float | None  # microns per level-0 pixel: the file's, else slide_mpp's
+    mpp_source: str | None  # "file", "slide_mpp", or None when unknown
+
+
+def _slide_mpp(info: SlideInfo, cfg: TileConfig, source_id: str, path: str) -> tuple[float | None, str | None]:
+    """Level-0 MPP of the slide: the file's, else `slide_mpp`'s entry (only consulted when the file has none)."""
+    if info.mpp is not None:
+        return info.mpp, "file"
+    if cfg.slide_mpp is None:
+        return None, None
+    value = lookup_mpp(load_slide_mpp(cfg.slide_mpp), source_id=source_id, name=storage.basename(path))
+    return (value, "slide_mpp") if value is not None else (None, None)
+
+
+def plan_slide(reader: _Reader, *, source_id: str, cfg: TileConfig) -> SlidePlan:
+    info: SlideInfo = slide_info(reader.slide, reader.path)
+    level = cfg.tiles.level
+    if level >= len(info.level_dimensions):
+        n = len(info.level_dimensions)
+        raise SlideError(f"tiles.level {level} does not exist (the slide has {n} levels)", path=reader.path)
+    mpp0, mpp_source = _slide_mpp(info, cfg, source_id, reader.path)
+    try:
+        geometry = tile_geometry(
+            size=cfg.tiles.size,
+            step=cfg.tiles.step,
+            level=level,
+            target_mpp=cfg.tiles.mpp,
+            slide_mpp=mpp0,
+            downsamples=info.level_downsamples,
+        )
+    except ValueError as exc:
+        raise SlideError(str(exc), path=reader.path) from exc
+    levels = lr_levels(info, cfg, reader.path, base=geometry.downsample)
+    origin = "pyramid" if levels and len(levels) == len(cfg.lr.scales) else "downsampled"
+    mask, mask_ds = _tissue(reader, cfg)
+    grid = geometry.grid(info.level_dimensions)
+    size0 = geometry.size0
+    candidates = [(x0, y0) for x0, y0 in grid if mask_fraction(mask, mask_ds, x0, y0, size0) >= cfg.tissue.min_fraction]
+    return SlidePlan(info, geometry, levels, origin, mask, mask_ds, len(grid), candidates, mpp0, mpp_source)
+
+
+def _read_pair(reader: _Reader, cfg: TileConfig, plan: SlidePlan, x0: int, y0: int) -> tuple[np.ndarray, dict]:
+    """The HR tile at level-0 (x0, y0) and its LR partners: the slide's own level for the scales in
+    `plan.lr_levels` (the scanner's downsampling), else ours (`lr.method`, or `lr.pyramid_fallback`)."""
+    geo, size, levels = plan.geometry, cfg.tiles.size, plan.lr_levels
+    hr = read_rgb(reader.slide, x0, y0, geo.level, geo.read_size, geo.read_size)
+    if geo.read_size != size:  # a physical tile size: the footprint, anti-aliased to the HR size
+        hr = cv2.resize(hr, (size, size), interpolation=cv2.INTER_AREA)
     method = (cfg.lr.pyramid_fallback or "lanczos") if cfg.lr.method == "pyramid" else cfg.lr.method
     lr = {
         s: read_rgb(reader.slide, x0, y0, levels[s], size // s, size // s) if s in levels else None
@@ -161,14 +265,15 @@ def _read_pair(reader: _Reader, cfg: TileConfig, x0: int, y0: int, levels: dict[
     return hr, {s: img if img is not None else downsample(hr, s, method) for s, img in lr.items()}
 
 
-def _tile_row(cfg: TileConfig, info: SlideInfo, hr: np.ndarray, lr: dict[int, np.ndarray], **ids: Any) -> dict:
+def _tile_row(cfg: TileConfig, plan: SlidePlan, hr: np.ndarray, lr: dict[int, np.ndarray], **ids: Any) -> dict:
     """One tile row: ids, level-0 position, pixels as PNG."""
-    level, size = cfg.tiles.level, cfg.tiles.size
+    geo, size = plan.geometry, cfg.tiles.size
+    extra = f"s{size}" if geo.mpp_target is None else f"s{size}m{geo.mpp_target:g}"
     row = empty_row()
     row.update(
-        tile_id=tile_id(ids["source_id"], level, ids["x"], ids["y"], extra=f"s{size}"),
-        level=level,
-        mpp=info.mpp_at(level),
+        tile_id=tile_id(ids["source_id"], geo.level, ids["x"], ids["y"], extra=extra),
+        level=geo.level,
+        mpp=geo.mpp,
         hr=encode_png(hr),
         hr_height=size,
         hr_width=size,
@@ -191,35 +296,38 @@ def _tissue(reader: _Reader, cfg: TileConfig) -> tuple[np.ndarray, float]:
         raise SlideError(f"cannot read the low-resolution level for the tissue mask: {exc}", path=reader.path) from exc
 
 
-def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group: str) -> SlideResult:
-    info: SlideInfo = slide_info(reader.slide, reader.path)
-    level, size, step = cfg.tiles.level, cfg.tiles.size, cfg.tiles.step
-    if level >= len(info.level_dimensions):
-        n = len(info.level_dimensions)
-        raise SlideError(f"tiles.level {level} does not exist (the slide has {n} levels)", path=reader.path)
-    levels = lr_levels(info, cfg, reader.path)
-    origin = "pyramid" if levels and len(levels) == len(cfg.lr.scales) else "downsampled"
-    mask, mask_ds = _tissue(reader, cfg)
-    level_ds = info.level_downsamples[level]
-    w, h = info.level_dimensions[level]
-    grid = tile_grid(w, h, size=size, stride=step)
-    size0 = size * level_ds
-    candidates = [
-        (x, y)
-        for x, y in grid
-        if mask_fraction(mask, mask_ds, int(x * level_ds), int(y * level_ds), size0) >= cfg.tissue.min_fraction
-    ]
+def _visit_order(plan: SlidePlan, cfg: TileConfig, source_id: str, region: tuple[int, int] | None) -> list:
+    if cfg.max_tiles_per_slide is None:
+        start, stop = region or (0, len(plan.candidates))
+        return plan.candidates[start:stop]
+    if region is not None:
+        raise ValueError("region tasks need max_tiles_per_slide: null (a cap is a sample of the whole slide)")
+    return candidate_order(plan.candidates, source_id=source_id, seed=cfg.seed)
+
+
+def cut_slide(
+    reader: _Reader,
+    plan: SlidePlan,
+    *,
+    source_id: str,
+    cfg: TileConfig,
+    group: str,
+    sink: Callable[[dict[str, Any]], None] | None = None,
+    region: tuple[int, int] | None = None,
+) -> SlideResult:
+    """Cut a planned slide: every candidate (or `region` of them) in order, up to the cap (see `tile_slide`)."""
     counts: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
-    marks = TileMarks(size0=round(size0))
+    marks = TileMarks(size0=round(plan.geometry.size0))
     thresholds = cfg.filters.thresholds()
     name = storage.basename(reader.path)
-    for x, y in candidate_order(candidates, source_id=source_id, seed=cfg.seed):
-        if len(rows) >= cfg.max_tiles_per_slide:
+    cap = cfg.max_tiles_per_slide
+    kept = 0
+    for x0, y0 in _visit_order(plan, cfg, source_id, region):
+        if cap is not None and kept >= cap:
             break
-        x0, y0 = round(x * level_ds), round(y * level_ds)
         try:
-            hr, lr = _read_pair(reader, cfg, x0, y0, levels)
+            hr, lr = _read_pair(reader, cfg, plan, x0, y0)
         except openslide.OpenSlideError as exc:
             counts["read_error"] += 1
             marks.rejected.append((x0, y0, "read_error"))
@@ -235,27 +343,39 @@ def _tile_open_slide(reader: _Reader, *, source_id: str, cfg: TileConfig, group:
             continue
         grp = _group_for(group, source_id, name, x0, y0, cfg.split.block_size)
         split = assign_split(grp, cfg.split.ratios, salt=cfg.split.salt)
-        rows.append(
-            _tile_row(cfg, info, hr, lr, source_id=source_id, group_id=grp, split=split, x=x0, y=y0, origin=origin)
+        row = _tile_row(
+            cfg, plan, hr, lr, source_id=source_id, group_id=grp, split=split, x=x0, y=y0, origin=plan.origin
         )
+        if sink is None:
+            rows.append(row)
+        else:
+            sink(row)
+        kept += 1
         marks.kept.append((x0, y0, split))
+    return SlideResult(rows=rows, record=slide_record(plan, cfg, source_id, counts, kept), marks=marks, mask=plan.mask)
 
+
+def slide_record(plan: SlidePlan, cfg: TileConfig, source_id: str, counts: Counter[str], kept: int) -> dict[str, Any]:
+    info, geo = plan.info, plan.geometry
     rejected = {k: v for k, v in counts.items() if k not in ("decoded",)}
     record = {
         "source_id": source_id,
         "status": "done",
-        "grid_tiles": len(grid),
-        "tissue_candidates": len(candidates),
+        "grid_tiles": plan.grid_tiles,
+        "tissue_candidates": len(plan.candidates),
         "seen": counts["decoded"],
         "decoded": counts["decoded"],
-        "kept": len(rows),
+        "kept": kept,
         "rejected": dict(sorted(rejected.items())),
-        "mpp": info.mpp,
+        "mpp": plan.mpp,
         "vendor": info.vendor,
         "dimensions": list(info.dimensions),
     }
-    if levels:
-        record["lr_levels"] = {f"x{s}": lvl for s, lvl in levels.items()}
-    if not rows:  # still done (nothing is wrong with the file), but the summary says so
-        record["warning"] = _no_tiles_reason(len(grid), len(candidates), counts["decoded"], size, level)
-    return SlideResult(rows=rows, record=record, marks=marks, mask=mask)
+    if cfg.tiles.mpp is not None:
+        record |= {"tile_mpp": geo.mpp, "tile_level": geo.level, "mpp_source": plan.mpp_source}
+    if plan.lr_levels:
+        record["lr_levels"] = {f"x{s}": lvl for s, lvl in plan.lr_levels.items()}
+    if not kept:  # still done (nothing is wrong with the file), but the summary says so
+        grid, cands = plan.grid_tiles, len(plan.candidates)
+        record["warning"] = _no_tiles_reason(grid, cands, counts["decoded"], cfg.tiles.size, geo.level)
+    return record

@@ -19,7 +19,7 @@ import numpy as np
 from srtn.data.manifest import build_manifest, commit_manifest, fingerprint, remove_manifest
 from srtn.data.quality import downsample
 from srtn.data.schema import empty_row, encode_png, lr_column, tile_id
-from srtn.data.shards import write_source_files
+from srtn.data.shard_writer import write_source_files
 from srtn.vocab import SPLITS
 
 __all__ = ["synthetic_tile", "write_synthetic_shards"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from srtn import storage
 from srtn.config.breakhis import BreakHisConfig
-from srtn.data import shards
+from srtn.data import shard_writer
 from srtn.data.breakhis.index import PatientUnit
 from srtn.data.breakhis.pairs import Match, best_match, copy_paste, crop_origin, crop_pair, to_gray
 from srtn.data.manifest import write_status
@@ -198,7 +198,7 @@ def process_patient(unit: PatientUnit, config: BreakHisConfig, *, extra_lr: Sequ
         if matched_mode and not candidates:
             rec["status"], rec["reason"] = "skipped", "no readable 100X images: nothing to match 400X images against"
             rec["problems"].append({"path": unit.patient_id, "kind": "no_lr_images", "error": rec["reason"]})
-            shards.write_source_shards([], config.output, source_id=unit.patient_id)  # drop stale shards
+            shard_writer.write_source_shards([], config.output, source_id=unit.patient_id)  # drop stale shards
             return _finish(rec, config, stages, rejected, start)
         if matched_mode and extra_lr:
             extra, extra_colour = _read_all(extra_lr, rec["problems"], keep_colour=False)
@@ -254,7 +254,7 @@ def process_patient(unit: PatientUnit, config: BreakHisConfig, *, extra_lr: Sequ
                 stages=stages,
                 rejected=rejected,
             )
-        rec["split_counts"] = shards.write_source_shards(rows, config.output, source_id=unit.patient_id)
+        rec["split_counts"] = shard_writer.write_source_shards(rows, config.output, source_id=unit.patient_id)
         rec["status"] = "done"
     except Exception as exc:  # one patient's failure is recorded, never fatal to the job
         rec["status"] = "failed"

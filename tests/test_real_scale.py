@@ -1,0 +1,189 @@
+"""Real slides at real scale: physical tile size (`tiles.mpp`, `slide_mpp`), whole-slide extraction streamed
+in row groups, and region tasks over one slide giving the same tiles as one task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from srtn.config.base import load_config
+from srtn.config.tile import TileConfig
+from srtn.data.manifest import read_manifest
+from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
+from srtn.data.quality import rejection_reason
+from srtn.data.reader import read_split_table
+from srtn.data.schema import decode_png
+from srtn.data.slides import mask_fraction, read_rgb, tile_grid, tissue_mask
+from srtn.data.tile_job import run_tiling
+from srtn.data.tile_slide import tile_slide
+from srtn.errors import ConfigError
+from srtn.pyramid import write_pyramid
+from srtn.synth import tcga_slide_specs
+from srtn.synth.tcga import render_slide
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 128
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _cfg(output: Path, *extra: str, inputs: list[str] | None = None) -> TileConfig:
+    return load_config(
+        TileConfig,
+        ROOT / "configs/data/tcga_kirc_seed.yaml",
+        [f"output={output}", f"tiles.size={SIZE}", "qc.enabled=false", *extra],
+        data={"input": inputs or ["unused"]},
+    )
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, Path]:
+    """One tissue, scanned at 40x (0.25 um/px, 2048 px, lossless so its levels are exact box means of level 0)
+    and at 20x (0.5 um/px, JPEG: the same field in 1024 px, an anti-aliased x2 of the 40x pixels), plus a slide
+    whose file carries no MPP."""
+    out = tmp_path_factory.mktemp("scans")
+    spec = tcga_slide_specs(2, seed=3, fmt="svs")
+    source = render_slide(width=2048, height=2048, seed=spec[0].seed, tissue_fraction=0.5)
+    full = source(0, 0, 2048, 2048)
+    x40 = out / spec[0].name
+    write_pyramid(x40, full, width=2048, height=2048, mpp=0.25, app_mag=40, flavor="aperio", compression="lossless")
+    half = cv2.resize(full, (1024, 1024), interpolation=cv2.INTER_AREA)
+    x20 = out / spec[1].name
+    write_pyramid(x20, half, width=1024, height=1024, mpp=0.5, app_mag=20, flavor="aperio", quality=95)
+    nompp = out / "no-mpp-slide.tiff"
+    write_pyramid(nompp, full[:1024, :1024].copy(), width=1024, height=1024, mpp=None, flavor="generic")
+    return {"x40": x40, "x20": x20, "nompp": nompp}
+
+
+def test_geometry_picks_the_coarsest_level_at_or_below_the_target():
+    ds = (1.0, 4.0002, 16.001)  # an Aperio 40x layout
+    assert tile_geometry(size=256, step=256, level=0, target_mpp=0.5, slide_mpp=0.25, downsamples=ds).level == 0
+    g = tile_geometry(size=256, step=256, level=0, target_mpp=1.0, slide_mpp=0.25, downsamples=ds)
+    assert (g.level, g.read_size, g.size0) == (1, 256, 1024)
+    g = tile_geometry(size=256, step=256, level=0, target_mpp=2.0, slide_mpp=0.25, downsamples=ds)
+    assert (g.level, g.read_size, g.mpp) == (1, 512, 2.0)
+    with pytest.raises(ValueError, match="upsampled"):
+        tile_geometry(size=256, step=256, level=0, target_mpp=0.25, slide_mpp=0.5, downsamples=ds)
+    with pytest.raises(ValueError, match="no MPP"):
+        tile_geometry(size=256, step=256, level=0, target_mpp=0.5, slide_mpp=None, downsamples=ds)
+
+
+def test_mixed_20x_and_40x_give_tiles_of_the_same_physical_content(scans, tmp_path):
+    cfg = _cfg(tmp_path, "tiles.mpp=0.5", "max_tiles_per_slide=8")
+    by_scan = {}
+    for name, level in (("x40", 1), ("x20", 0)):  # 40x: its x2 level is at 0.5 um/px and is read
+        result = tile_slide(str(scans[name]), source_id=name, cfg=cfg)
+        assert result.rows and result.record["tile_mpp"] == 0.5
+        with openslide.OpenSlide(str(scans[name])) as slide:
+            factor = 0.5 / float(slide.properties[openslide.PROPERTY_NAME_MPP_X])
+            for row in result.rows:
+                assert row["mpp"] == 0.5 and row["level"] == level and row["hr_width"] == SIZE
+                footprint = round(SIZE * factor)
+                region = read_rgb(slide, row["x"], row["y"], 0, footprint, footprint)
+                # an independent anti-aliased resample: Pillow's box filter
+                expected = np.asarray(Image.fromarray(region).resize((SIZE, SIZE), Image.Resampling.BOX))
+                assert psnr(decode_png(row["hr"]), expected) >= 40
+        by_scan[name] = result
+    # The same physical tile (40x at level-0 (2x, 2y) is 20x at (x, y)) holds the same tissue in both scans.
+    tiles20 = {(r["x"], r["y"]): decode_png(r["hr"]) for r in by_scan["x20"].rows}
+    with openslide.OpenSlide(str(scans["x40"])) as slide40:
+        for (x, y), hr20 in list(tiles20.items())[:4]:
+            region = read_rgb(slide40, 2 * x, 2 * y, 0, 2 * SIZE, 2 * SIZE)
+            hr40 = cv2.resize(region, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+            assert psnr(hr40, hr20) >= 30  # two JPEG encodings of one field apart
+
+
+def test_a_slide_without_mpp_fails_with_the_reason_and_succeeds_with_slide_mpp(scans, tmp_path, ray_session):
+    inputs = [str(scans["nompp"])]
+    cfg = _cfg(tmp_path / "a", "tiles.mpp=0.5", "max_tiles_per_slide=4", inputs=inputs)
+    assert run_tiling(cfg) == 1  # every slide failed
+    (record,) = read_manifest(str(cfg.output))["sources"]
+    assert record["status"] == "failed" and "no MPP" in record["error"]
+
+    table = tmp_path / "mpp.csv"
+    table.write_text("slide,mpp\nno-mpp-*,0.25\n")
+    cfg = _cfg(tmp_path / "b", "tiles.mpp=0.5", "max_tiles_per_slide=4", f"slide_mpp={table}", inputs=inputs)
+    assert run_tiling(cfg) == 0
+    (record,) = read_manifest(str(cfg.output))["sources"]
+    assert record["status"] == "done" and record["mpp"] == 0.25 and record["mpp_source"] == "slide_mpp"
+    rows = read_split_table(str(cfg.output), "train").to_pylist() + read_split_table(str(cfg.output), "val").to_pylist()
+    rows += read_split_table(str(cfg.output), "test").to_pylist()
+    assert len(rows) == record["kept"] > 0 and {r["mpp"] for r in rows} == {0.5}
+
+
+def test_slide_mpp_tables_name_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide,mpp\na,0.25\nb,zero\n")
+    with pytest.raises(ConfigError, match=r"bad\.csv line 3"):
+        load_slide_mpp(str(bad))
+    (tmp_path / "nohead.csv").write_text("a,0.25\n")
+    with pytest.raises(ConfigError, match="columns slide,mpp"):
+        load_slide_mpp(str(tmp_path / "nohead.csv"))
+    table = {"TCGA-*": 0.5, "exact-id": 0.25}
+    assert lookup_mpp(table, source_id="exact-id", name="x.svs") == 0.25
+    assert lookup_mpp(table, source_id="TCGA-AB-1234", name="x.svs") == 0.5
+    assert lookup_mpp(table, source_id="other", name="other.svs") is None
+    with pytest.raises(ConfigError, match="slide_mpp values must be positive"):
+        _cfg(tmp_path, "slide_mpp={a: -1}")
+
+
+def _independent_passing(path: Path, cfg: TileConfig) -> set[tuple[int, int]]:
+    """Recount over the candidate grid without srtn's tiling code: every tissue candidate, read and filtered."""
+    passing = set()
+    with openslide.OpenSlide(str(path)) as slide:
+        t = cfg.tissue
+        mask, ds = tissue_mask(slide, target_size=t.target_size, min_saturation=t.min_saturation, max_gray=t.max_gray)
+        w, h = slide.dimensions
+        for x, y in tile_grid(w, h, size=SIZE, stride=SIZE):
+            if mask_fraction(mask, ds, x, y, SIZE) >= t.min_fraction:
+                tile = read_rgb(slide, x, y, 0, SIZE, SIZE)
+                if rejection_reason(tile, cfg.filters.thresholds()) is None:
+                    passing.add((x, y))
+    return passing
+
+
+def _tiles(output: Path) -> dict[str, tuple[int, int]]:
+    rows = []
+    for split in ("train", "val", "test"):
+        rows += read_split_table(str(output), split, columns=["tile_id", "x", "y"]).to_pylist()
+    return {r["tile_id"]: (r["x"], r["y"]) for r in rows}
+
+
+def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change_nothing(scans, tmp_path, ray_session):
+    inputs = [str(scans["x40"])]
+    one = _cfg(tmp_path / "one", "max_tiles_per_slide=null", "execution.row_group_rows=16", inputs=inputs)
+    assert run_tiling(one) == 0
+    (record,) = read_manifest(str(one.output))["sources"]
+    passing = _independent_passing(scans["x40"], one)
+    assert record["kept"] == len(passing) > 32 and "regions" not in record
+    assert set(_tiles(one.output).values()) == passing
+    files = [p for p in Path(one.output).rglob("*.parquet")]
+    assert max(pq.ParquetFile(f).metadata.num_row_groups for f in files) > 1  # streamed, not held whole
+    assert max(pq.ParquetFile(f).metadata.row_group(0).num_rows for f in files) <= 16
+
+    many = _cfg(tmp_path / "many", "max_tiles_per_slide=null", "execution.region_tiles=40", inputs=inputs)
+    assert run_tiling(many) == 0
+    (split_record,) = read_manifest(str(many.output))["sources"]
+    assert split_record["regions"] >= 3 and split_record["kept"] == record["kept"]
+    assert _tiles(many.output) == _tiles(one.output)
+    assert split_record["split_counts"] == record["split_counts"]
+    leftovers = [p.name for p in Path(many.output).rglob("*") if p.is_file() and ".tmp-" in p.name]
+    assert leftovers == []
+    assert run_tiling(many) == 0  # resumed: nothing re-tiled
+    (again,) = read_manifest(str(many.output))["sources"]
+    assert again.get("resumed") and _tiles(many.output) == _tiles(one.output)
+
+
+def test_a_cap_with_regions_is_refused(scans, tmp_path):
+    cfg = _cfg(tmp_path, "max_tiles_per_slide=5")
+    with pytest.raises(ValueError, match="region tasks need max_tiles_per_slide: null"):
+        tile_slide(str(scans["x40"]), source_id="x", cfg=cfg, region=(0, 3))
