@@ -40,6 +40,28 @@ def test_level_dimensions_table(width, height, min_level_size, expected):
     assert level_dimensions(width, height, min_level_size=min_level_size) == expected
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "min_level_size", "factor", "expected"),
+    [
+        (20000, 15000, 512, 4, [(20000, 15000), (5000, 3750), (1250, 937)]),  # 312 < 512 stops: 1, 4, 16
+        (40000, 30000, 512, 4, [(40000, 30000), (10000, 7500), (2500, 1875), (625, 468)]),
+        (2400, 1800, 512, 4, [(2400, 1800), (600, 450)]),
+        (2400, 1800, 128, 4, [(2400, 1800), (600, 450), (150, 112)]),
+        (2047, 2047, 512, 4, [(2047, 2047)]),
+        (8192, 8192, 512, 2, [(8192, 8192), (4096, 4096), (2048, 2048), (1024, 1024), (512, 512)]),
+        (9, 27, 1, 3, [(9, 27), (3, 9), (1, 3)]),
+    ],
+)
+def test_level_dimensions_with_factor_table(width, height, min_level_size, factor, expected):
+    assert level_dimensions(width, height, min_level_size=min_level_size, factor=factor) == expected
+
+
+@pytest.mark.parametrize("factor", [1, 0, -4, 2.0, True])
+def test_level_dimensions_rejects_bad_factor(factor):
+    with pytest.raises(ValueError, match="integer >= 2"):
+        level_dimensions(1000, 1000, factor=factor)
+
+
 def test_generic_jpeg_opens_as_generic_tiff_with_mpp(tmp_path: Path):
     img = _image(1000, 1300)
     path = tmp_path / "g.tiff"
@@ -158,6 +180,8 @@ def test_bad_tile_from_source_raises_and_leaves_no_file(tmp_path: Path):
         ({"flavor": "ndpi"}, "flavor"),
         ({"compression": "lzw"}, "compression"),
         ({"tile_size": 100}, "multiple of 16"),
+        ({"level_factor": 1}, "integer >= 2"),
+        ({"tile_size": 48, "level_factor": 32}, "multiple of level_factor 32"),
         ({"quality": 0}, "quality"),
         ({"mpp": -1.0}, "mpp"),
         ({"width": 64}, r"array must be \(64, 64, 3\)"),

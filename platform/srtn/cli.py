@@ -117,7 +117,7 @@ def _add_config_command(sub: argparse._SubParsersAction, name: str, cmd: Command
 
 
 def _synth_tcga(args: argparse.Namespace) -> int:
-    from srtn.synth import write_tcga_dataset
+    from srtn.synth import LAYOUTS, write_tcga_dataset
 
     paths = write_tcga_dataset(
         args.out,
@@ -127,7 +127,10 @@ def _synth_tcga(args: argparse.Namespace) -> int:
         height=args.height,
         tissue_fraction=args.tissue_fraction,
         fmt=args.format,
+        mpp=args.mpp,
+        app_mag=args.app_mag,
         qc_regions=args.qc_regions,
+        **LAYOUTS[args.layout],
     )
     print(f"wrote {len(paths)} slides to {args.out}")
     return 0
@@ -176,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     tcga.add_argument("--height", type=int, default=4096, help="level-0 height in pixels (default 4096)")
     tcga.add_argument("--tissue-fraction", type=float, default=0.4, help="share of the slide that is tissue")
     tcga.add_argument("--format", choices=["svs", "tiff", "mixed"], default="mixed", help="file format(s)")
+    tcga.add_argument(
+        "--layout",
+        choices=["srtn", "aperio"],
+        default="srtn",
+        help="TIFF layout: srtn = 256-px tiles, levels x2 (default); aperio = a real scanner's 240-px tiles, "
+        "levels x4 (downsamples 1, 4, 16)",
+    )
+    tcga.add_argument("--mpp", type=float, default=0.25, help="microns per level-0 pixel (default 0.25: 40x)")
+    tcga.add_argument(
+        "--app-mag", type=float, default=40, help="objective power (default 40; a 20x slide: --mpp 0.5 --app-mag 20)"
+    )
     tcga.add_argument(
         "--qc-regions",
         action="store_true",

@@ -3,13 +3,17 @@
 Used by the synthetic slide generator and by whole-slide inference, whose outputs can be far larger
 than RAM. All coordinates are level-0 pixels unless a name says otherwise.
 
+Levels: each reduced level is the previous one shrunk by `level_factor` f (2, or 4 as real Aperio
+scanners store 40x slides: downsamples 1, 4, 16), an f x f box mean (cv2.INTER_AREA). Tile edges fall on
+multiples of f (`tile_size % f == 0`), so a level built tile by tile equals the whole level resized.
+
 Memory: level 0 is pulled tile by tile from the caller and never held whole. While level k is
-written, its x2 downsample (cv2.INTER_AREA, a 2x2 box mean) is built one tile row at a time and
-appended to an unnamed temporary file next to the output; level k+1 is then read back one tile row at a
-time. So the writer holds at most one tile row of the level being written (tile_size x width_k x 3
-bytes, none for level 0 beyond one tile) plus half a tile row of the next level: memory grows with the
-slide's width, never with its area. The spool file takes 1/4 of level 0's raw size on disk, at most
-two levels at a time.
+written, its downsample is built one tile row at a time and appended to an unnamed temporary file
+next to the output; level k+1 is then read back one tile row at a time. So the writer holds at most one
+tile row of the level being written (tile_size x width_k x 3 bytes, none for level 0 beyond one tile)
+plus 1/f of a tile row of the next level: memory grows with the slide's width, never with its area.
+The spool files take 1/f^2 of level 0's raw size on disk (1/4 for f=2, 1/16 for f=4), at most two
+levels at a time.
 
 Layouts:
 - ``generic``: tiled level 0, then tiled reduced levels with NewSubfileType=1 (what OpenSlide's
@@ -58,16 +62,22 @@ _THUMBNAIL_MAX = 1024
 _BIGTIFF_RAW_BYTES = 3 << 30  # raw pyramid size above which classic TIFF's 4 GiB offsets may overflow
 
 
-def level_dimensions(width: int, height: int, *, min_level_size: int = 512) -> list[tuple[int, int]]:
-    """(width, height) of every level: halved (floor) while the longer side stays >= `min_level_size`."""
+def level_dimensions(width: int, height: int, *, min_level_size: int = 512, factor: int = 2) -> list[tuple[int, int]]:
+    """(width, height) of every level: divided by `factor` (floor) while the longer side stays >= `min_level_size`."""
     if width <= 0 or height <= 0:
         raise ValueError(f"width and height must be positive, got {width}x{height}")
+    _check_factor(factor)
     dims = [(width, height)]
     while True:
-        w, h = dims[-1][0] // 2, dims[-1][1] // 2
+        w, h = dims[-1][0] // factor, dims[-1][1] // factor
         if w < 1 or h < 1 or max(w, h) < min_level_size:
             return dims
         dims.append((w, h))
+
+
+def _check_factor(factor: int) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"level factor must be an integer >= 2 (2, or 4 as Aperio scanners), got {factor!r}")
 
 
 class _LevelSpool:
@@ -100,27 +110,27 @@ class _LevelSpool:
         return self._cache[:, x : x + w]
 
 
-def _downsample2(tile: np.ndarray) -> np.ndarray:
-    """x2 anti-aliased downsample of an even-cropped tile (a 2x2 box mean: tiles compose exactly)."""
-    h2, w2 = tile.shape[0] // 2, tile.shape[1] // 2
-    return cv2.resize(tile[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+def _downsample(tile: np.ndarray, f: int) -> np.ndarray:
+    """x`f` anti-aliased downsample of a tile cropped to multiples of f (an f x f box mean: tiles compose)."""
+    hf, wf = tile.shape[0] // f, tile.shape[1] // f
+    return cv2.resize(tile[: f * hf, : f * wf], (wf, hf), interpolation=cv2.INTER_AREA)
 
 
 def _level_tiles(
-    src: TileSource, width: int, height: int, tile_size: int, nxt: _LevelSpool | None
+    src: TileSource, width: int, height: int, tile_size: int, nxt: _LevelSpool | None, f: int
 ) -> Iterator[np.ndarray]:
-    """Yield padded tiles of one level in row-major order; spool its x2 downsample into `nxt`."""
+    """Yield padded tiles of one level in row-major order; spool its x`f` downsample into `nxt`."""
     for y in range(0, height, tile_size):
         th = min(tile_size, height - y)
-        row = np.empty((th // 2, width // 2, 3), np.uint8) if nxt is not None else None
+        row = np.empty((th // f, width // f, 3), np.uint8) if nxt is not None else None
         for x in range(0, width, tile_size):
             tw = min(tile_size, width - x)
             tile = src(x, y, tw, th)
             if not isinstance(tile, np.ndarray) or tile.shape != (th, tw, 3) or tile.dtype != np.uint8:
                 got = (type(tile).__name__, getattr(tile, "shape", None), getattr(tile, "dtype", None))
                 raise ValueError(f"tile source gave {got} for x={x} y={y} w={tw} h={th}; need ({th}, {tw}, 3) uint8")
-            if row is not None and th >= 2 and tw >= 2:
-                row[:, x // 2 : x // 2 + tw // 2] = _downsample2(tile)
+            if row is not None and th >= f and tw >= f:
+                row[:, x // f : x // f + tw // f] = _downsample(tile, f)
             if th < tile_size or tw < tile_size:  # edge replicate: no dark seams in JPEG or lower levels
                 tile = np.pad(tile, ((0, tile_size - th), (0, tile_size - tw), (0, 0)), mode="edge")
             if nxt is not None and row is not None and x + tile_size >= width:
@@ -171,6 +181,34 @@ def _as_source(tiles: TileSource | np.ndarray, width: int, height: int) -> TileS
     return tiles
 
 
+def _check_args(
+    flavor: str,
+    compression: str,
+    tile_size: int,
+    level_factor: int,
+    quality: int,
+    mpp: float | None,
+    app_mag: float | None,
+) -> None:
+    if flavor not in ("aperio", "generic"):
+        raise ValueError(f"flavor must be 'aperio' or 'generic', got {flavor!r}")
+    if compression not in ("jpeg", "lossless"):
+        raise ValueError(f"compression must be 'jpeg' or 'lossless', got {compression!r}")
+    if tile_size < 16 or tile_size % 16:
+        raise ValueError(f"tile_size must be a positive multiple of 16 (a TIFF rule), got {tile_size}")
+    _check_factor(level_factor)
+    if tile_size % level_factor:
+        raise ValueError(
+            f"tile_size {tile_size} must be a multiple of level_factor {level_factor} (lower levels are built per tile)"
+        )
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if mpp is not None and not mpp > 0:
+        raise ValueError(f"mpp must be positive or None, got {mpp}")
+    if app_mag is not None and not app_mag > 0:
+        raise ValueError(f"app_mag must be positive or None, got {app_mag}")
+
+
 def write_pyramid(
     path: str | os.PathLike[str],
     tiles: TileSource | np.ndarray,
@@ -184,31 +222,22 @@ def write_pyramid(
     compression: Compression = "jpeg",
     quality: int = 90,
     min_level_size: int = 512,
+    level_factor: int = 2,
     description_extra: dict[str, Any] | None = None,
 ) -> int:
     """Write a tiled, pyramidal RGB TIFF/SVS that OpenSlide opens; return the number of levels.
 
     `tiles` is a TileSource called once per level-0 tile in row-major order (edge tiles are clipped to the
     image: the source never sees coordinates outside `width` x `height`), or a whole (height, width, 3)
-    uint8 array for small images. Levels halve (2x2 box mean) while the longer side stays
-    >= `min_level_size`. `compression="lossless"` stores deflate with a horizontal predictor (round-trips
+    uint8 array for small images. Each level is the previous one shrunk by `level_factor` (2; 4 for the
+    real Aperio layout; an f x f box mean, so `tile_size` must be a multiple of it) while the longer side
+    stays >= `min_level_size`. `compression="lossless"` stores deflate with a horizontal predictor (round-trips
     exactly); `"jpeg"` uses `quality` (YCbCr 4:2:0). `mpp` is microns per level-0 pixel (None: unknown).
     `description_extra` adds ``key = value`` fields to the Aperio description, or keys to the generic
     flavour's JSON description.
     """
-    if flavor not in ("aperio", "generic"):
-        raise ValueError(f"flavor must be 'aperio' or 'generic', got {flavor!r}")
-    if compression not in ("jpeg", "lossless"):
-        raise ValueError(f"compression must be 'jpeg' or 'lossless', got {compression!r}")
-    if tile_size < 16 or tile_size % 16:
-        raise ValueError(f"tile_size must be a positive multiple of 16 (a TIFF rule), got {tile_size}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be in 1..100, got {quality}")
-    if mpp is not None and not mpp > 0:
-        raise ValueError(f"mpp must be positive or None, got {mpp}")
-    if app_mag is not None and not app_mag > 0:
-        raise ValueError(f"app_mag must be positive or None, got {app_mag}")
-    dims = level_dimensions(width, height, min_level_size=min_level_size)
+    _check_args(flavor, compression, tile_size, level_factor, quality, mpp, app_mag)
+    dims = level_dimensions(width, height, min_level_size=min_level_size, factor=level_factor)
     src = _as_source(tiles, width, height)
     path = Path(path)
     part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")  # this writer's own: never shared
@@ -226,12 +255,13 @@ def write_pyramid(
             tif = stack.enter_context(tifffile.TiffWriter(part, bigtiff=raw_bytes > _BIGTIFF_RAW_BYTES))
             spools: list[_LevelSpool] = []
             stack.callback(lambda: [s.fh.close() for s in spools])
+            f = level_factor
             for k, (w, h) in enumerate(dims):
-                make_next = k + 1 < len(dims) or (k == 0 and flavor == "aperio" and w >= 2 and h >= 2)
+                make_next = k + 1 < len(dims) or (k == 0 and flavor == "aperio" and w >= f and h >= f)
                 nxt = None
                 if make_next:
                     fh = tempfile.TemporaryFile(dir=path.parent)  # noqa: SIM115 - closed via `spools`
-                    nxt = _LevelSpool(fh, w // 2, h // 2)
+                    nxt = _LevelSpool(fh, w // f, h // f)
                     spools.append(nxt)
                 if flavor == "aperio":
                     head = f"{width}x{height} [0,0 {width}x{height}]" if k == 0 else f"{width}x{height} -> {w}x{h} -"
@@ -251,7 +281,7 @@ def write_pyramid(
                         "resolutionunit": "CENTIMETER",
                     }
                 tif.write(
-                    _level_tiles(src, w, h, tile_size, nxt),
+                    _level_tiles(src, w, h, tile_size, nxt, f),
                     shape=(h, w, 3),
                     dtype=np.uint8,
                     tile=(tile_size, tile_size),

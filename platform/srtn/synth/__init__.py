@@ -5,6 +5,9 @@ from srtn.synth.artefacts import ArtefactSlide, BlurRegion, InkStroke, region_sh
 from srtn.synth.breakhis import write_breakhis_tree
 from srtn.synth.render import SyntheticSlide
 from srtn.synth.tcga import (
+    APERIO_LAYOUT,
+    LAYOUTS,
+    SRTN_LAYOUT,
     SlideSpec,
     read_regions,
     regions_path,
@@ -15,6 +18,9 @@ from srtn.synth.tcga import (
 )
 
 __all__ = [
+    "APERIO_LAYOUT",
+    "LAYOUTS",
+    "SRTN_LAYOUT",
     "ArtefactSlide",
     "BlurRegion",
     "InkStroke",

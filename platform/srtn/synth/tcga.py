@@ -31,11 +31,22 @@ __all__ = [
     "write_tcga_dataset",
     "regions_path",
     "read_regions",
+    "APERIO_LAYOUT",
+    "SRTN_LAYOUT",
+    "LAYOUTS",
 ]
 
 REGIONS_SUFFIX = ".regions.json"
 
 SlideFormat = Literal["svs", "tiff", "mixed"]
+Layout = Literal["srtn", "aperio"]
+
+SRTN_LAYOUT: dict[str, int] = {"tile_size": 256, "level_factor": 2}
+"""This platform's own layout: 256-px tiles, levels halved (downsamples 1, 2, 4, ...)."""
+APERIO_LAYOUT: dict[str, int] = {"tile_size": 240, "level_factor": 4}
+"""A real Aperio scanner's layout (TCGA 40x SVS): 240x240 JPEG tiles, levels at downsamples 1, 4, 16.
+A 256-px read then spans up to four stored tiles, as on the real data."""
+LAYOUTS: dict[Layout, dict[str, int]] = {"srtn": SRTN_LAYOUT, "aperio": APERIO_LAYOUT}
 
 # Tissue source sites that contributed KIRC slides; any two upper-case alphanumerics are valid.
 _KIRC_TSS = ("A3", "AK", "AS", "B0", "B2", "B4", "B8", "BP", "CJ", "CW", "CZ", "DV", "EU", "G6", "GK", "MM", "T7")
@@ -150,8 +161,13 @@ def write_tcga_slide(
     app_mag: float = 40,
     quality: int = 90,
     qc_regions: bool = False,
+    tile_size: int = 256,
+    level_factor: int = 2,
 ) -> Path:
-    """Render and write one planned slide (JPEG tiles, 256 px, x2 levels); for parallel callers.
+    """Render and write one planned slide (JPEG tiles); for parallel callers (a picklable, top-level call).
+
+    `tile_size` and `level_factor` set the TIFF layout (default 256 px, x2 levels; ``**APERIO_LAYOUT``:
+    240 px, x4 levels as a real scanner writes them).
 
     With `qc_regions` the slide carries known out-of-focus and ink regions (see `render_slide`), written
     to the sidecar `regions_path(path)` (level-0 coordinates) before the slide itself.
@@ -170,7 +186,8 @@ def write_tcga_slide(
         source,
         width=width,
         height=height,
-        tile_size=256,
+        tile_size=tile_size,
+        level_factor=level_factor,
         mpp=mpp,
         app_mag=app_mag,
         flavor=spec.flavor,
@@ -193,12 +210,16 @@ def write_tcga_dataset(
     mpp: float = 0.25,
     app_mag: float = 40,
     qc_regions: bool = False,
+    tile_size: int = 256,
+    level_factor: int = 2,
 ) -> list[Path]:
     """Write `slides` synthetic slides into `out_dir` (created); return their paths in plan order.
 
     Same arguments, same bytes. With ``fmt="mixed"`` most slides are Aperio SVS and every fourth a
     generic TIFF. See `tcga_slide_specs` for names, patients and the guaranteed three splits. `qc_regions`:
     known blur and ink regions with a sidecar per slide (`write_tcga_slide`); the tissue is the same.
+    `tile_size`/`level_factor`: the TIFF layout (`SRTN_LAYOUT` by default; ``**APERIO_LAYOUT`` for a real
+    scanner's). A 20x cohort is ``mpp=0.5, app_mag=20``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +233,8 @@ def write_tcga_dataset(
             mpp=mpp,
             app_mag=app_mag,
             qc_regions=qc_regions,
+            tile_size=tile_size,
+            level_factor=level_factor,
         )
         for spec in tcga_slide_specs(slides, seed=seed, fmt=fmt)
     ]
