@@ -187,3 +187,62 @@ def test_a_cap_with_regions_is_refused(scans, tmp_path):
     cfg = _cfg(tmp_path, "max_tiles_per_slide=5")
     with pytest.raises(ValueError, match="region tasks need max_tiles_per_slide: null"):
         tile_slide(str(scans["x40"]), source_id="x", cfg=cfg, region=(0, 3))
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (the cluster tests' helper) with a bucket, for this module."""
+    import boto3
+    from cluster_utils import start_s3_server
+
+    server, endpoint = start_s3_server(tmp_path_factory.mktemp("s3"), timeout=120)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env["AWS_REGION"] = "us-east-1"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")  # fmt: skip
+        client.create_bucket(Bucket="shards")
+        yield {"env": env, "client": client}
+    finally:
+        server.stop()
+
+
+def test_region_parts_stream_to_s3_and_merge_into_one_file_per_split(s3_env, monkeypatch):
+    """The remote path of the streaming writer: parts uploaded under hidden keys, merged in region order into the
+    published objects, no temporary key left; a failed merge publishes nothing."""
+    from srtn.data.schema import empty_row
+    from srtn.data.shard_writer import SourceShardWriter, merge_parts
+    from srtn.data.shards import rows_to_table
+
+    for key, value in s3_env["env"].items():
+        monkeypatch.setenv(key, value)
+    out = "s3://shards/out"
+
+    def row(i: int, split: str) -> dict:
+        return empty_row() | {"tile_id": f"t{i:03d}", "source_id": "s", "group_id": "g", "split": split, "x": i,
+                              "y": 0, "level": 0, "hr": b"png", "hr_height": 1, "hr_width": 1}  # fmt: skip
+
+    parts = []
+    for region in range(3):
+        with SourceShardWriter(out, "s", row_group_rows=4, part=f"r{region:05d}") as w:
+            for i in range(region * 10, region * 10 + 10):
+                w.add(row(i, "train" if i % 3 else "val"))
+            parts += w.finish_parts()
+    files = merge_parts(out, "s", parts, row_group_rows=4)
+
+    def objects() -> set[str]:  # pyarrow leaves empty "folder/" markers where it deleted the last object
+        listing = s3_env["client"].list_objects_v2(Bucket="shards", Prefix="out/").get("Contents", [])
+        return {o["Key"] for o in listing if not o["Key"].endswith("/")}
+
+    assert objects() == {"out/split=train/s.parquet", "out/split=val/s.parquet"}
+    assert {f["split"]: f["rows"] for f in files} == {"train": 20, "val": 10}
+    from srtn.data.reader import read_split_table
+
+    ids = read_split_table(out, "train", columns=["tile_id"]).column("tile_id").to_pylist()
+    assert ids == [f"t{i:03d}" for i in range(30) if i % 3]  # region order, then row order
+    assert rows_to_table([row(0, "train")]).num_rows == 1
+
+    with pytest.raises(KeyError), SourceShardWriter(out, "s", row_group_rows=4) as w:
+        w.add(row(99, "train"))
+        raise KeyError("a failure half way")
+    assert objects() == set()  # the source's earlier files are withdrawn too: a failed source publishes nothing
