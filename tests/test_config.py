@@ -40,6 +40,17 @@ def test_override_into_scalar_names_the_key():
     assert err.value.key == "tiles"
 
 
+def test_override_indexes_a_list_item():
+    data = {"datasets": [{"name": "a", "shards": "x"}, {"name": "b", "shards": "y"}]}
+    apply_overrides(data, ["datasets.1.shards=/data/b", "datasets.-2.name=first"])
+    assert data == {"datasets": [{"name": "first", "shards": "x"}, {"name": "b", "shards": "/data/b"}]}
+    with pytest.raises(ConfigError, match="index 0..1") as err:
+        apply_overrides(data, ["datasets.2.shards=z"])
+    assert err.value.key == "datasets.2"
+    with pytest.raises(ConfigError, match="index"):
+        apply_overrides(data, ["datasets.name=z"])
+
+
 @pytest.mark.parametrize("name", ["tcga_kirc.yaml", "tcga_kirc_mini.yaml"])
 def test_shipped_data_configs_load(name):
     cfg = load_config(TileConfig, ROOT / "configs" / "data" / name)

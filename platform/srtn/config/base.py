@@ -62,20 +62,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _list_index(node: list[Any], part: str, dotted: str, full: str) -> int:
+    """`part` as an index of an existing list item (`datasets.0.shards`): appending by index is not a thing."""
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override {full}: {dotted} needs an index 0..{len(node) - 1} of the list", key=dotted)
+    return int(part)
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Set each `dotted.key=value` in a nested dict, creating blocks as needed (validation comes later)."""
+    """Set each `dotted.key=value` in a nested dict, creating blocks as needed (validation comes later). A
+    numeric part indexes a list already there: `--set datasets.0.shards=DIR`."""
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                dotted = ".".join(path[: i + 1])
-                raise ConfigError(f"override {'.'.join(path)}: {dotted} is not a block", key=dotted)
-            node = child
-        node[path[-1]] = value
+        full = ".".join(path)
+        node: Any = data
+        for i, part in enumerate(path):
+            dotted = ".".join(path[: i + 1])
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                key: Any = _list_index(node, part, dotted, full)
+            elif isinstance(node, dict):
+                key = part
+                if not last and node.get(part) is None:
+                    node[part] = {}
+            else:
+                parent = ".".join(path[:i])
+                raise ConfigError(f"override {full}: {parent} is not a block", key=parent)
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
     return data
 
 
