@@ -228,7 +228,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("torch", "ray", "numpy", "pyarrow", "opencv-python-headless", "openslide-python", "openslide-bin", "mlflow")
+PACKAGES = (
+    "torch",
+    "ray",
+    "numpy",
+    "pyarrow",
+    "opencv-python-headless",
+    "openslide-python",
+    "openslide-bin",
+    "tifffile",
+    "imagecodecs",
+    "mlflow",
+)
 
 
 def environment() -> dict[str, Any]:
@@ -254,14 +265,17 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {p: version(p) for p in PACKAGES},
         "cpus": os.cpu_count(),
+        "machine": platform.machine(),
         "load_avg": os.getloadavg(),
     }
 
 
-def save_result(result: dict[str, Any], stem: str) -> str:
-    """`benchmarks/results/<stem>-<UTC time>.json` with `environment()`; returns its path."""
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    path = os.path.join(REPO, "benchmarks", "results", f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json")
+def save_result(result: dict[str, Any], stem: str, *, folder: str | os.PathLike[str] | None = None) -> str:
+    """`<folder or benchmarks/results>/<stem>-<UTC time>.json` with `environment()` (unless the result has
+    one already, taken when the run began); returns its path."""
+    folder = os.fspath(folder) if folder else os.path.join(REPO, "benchmarks", "results")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json")
     with open(path, "w") as f:
-        json.dump({**result, "environment": environment()}, f, indent=2)
+        json.dump({"environment": environment(), **result}, f, indent=2)
     return path

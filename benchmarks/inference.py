@@ -35,13 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +49,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "platform"))
 
-from _common import RESULT_MARKER, markdown_table, run_measured  # noqa: E402
+from _common import RESULT_MARKER, environment, markdown_table, run_measured, save_result  # noqa: E402
 
 GOAL_RAW, GOAL_SERIAL = 0.7, 1.5
 SCALE = 4
@@ -129,39 +126,15 @@ def model_only(args: argparse.Namespace) -> int:
         "case": "model-only", "device": device, "tiles": len(tiles), "lr_mpx": mpx, "seconds": seconds,
         "lr_mpx_per_s": mpx / statistics.median(seconds),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "ray_imported": "ray" in sys.modules, "env": _environment(), "args": vars(args),
+        "ray_imported": "ray" in sys.modules, "env": environment(), "args": vars(args),
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     _save(result, f"inference-model-only-{device}")
     return 0
 
 
-def _environment() -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-    except OSError:
-        sha, dirty = "", ""
-    pkgs = ("torch", "ray", "numpy", "openslide-python", "openslide-bin", "tifffile", "imagecodecs", "mlflow")
-    return {
-        "git_commit": sha.strip() + ("-dirty" if dirty else ""), "python": platform.python_version(),
-        "packages": {p: version(p) for p in pkgs}, "cpus": os.cpu_count(), "machine": platform.machine(),
-        "load_avg": os.getloadavg(),
-    }  # fmt: skip
-
-
-def _save(result: dict[str, Any], stem: str) -> Path:
-    folder = Path(result.get("args", {}).get("results") or RESULTS)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+def _save(result: dict[str, Any], stem: str) -> str:
+    path = save_result(result, stem, folder=result.get("args", {}).get("results") or RESULTS)
     print(f"saved {path}", file=sys.stderr)
     return path
 
@@ -259,7 +232,7 @@ def raw_worker(args: argparse.Namespace) -> int:
 
 
 def cohort(args: argparse.Namespace) -> int:
-    started = _environment()  # the commit and load when the run began (a checkout may move during it)
+    started = environment()  # the commit and load when the run began (a checkout may move during it)
     with tempfile.TemporaryDirectory(prefix="srtn-bench-mlflow-") as store:
         return _cohort_rounds(args, started, *_cohort_inputs(args, Path(store)))
 
