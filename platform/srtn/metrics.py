@@ -14,17 +14,20 @@ Conventions, for every function here:
   (co)variances and a 'valid' convolution (no padding; the map is 10 pixels smaller in H and W), and is
   averaged over the map and then over channels. This equals ``skimage.metrics.structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1)``, which
-  filters with padding and then crops the same 5 pixels per side.
+  filters with padding and then crops the same 5 pixels per side. `gaussian_taps`, `gaussian_filter_valid`
+  and `ssim_map` are the one implementation; `srtn.evaluate.score` runs them per image plane (OpenCV's
+  separable filter with these taps) on a CPU.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["psnr", "psnr_from_mse", "rgb_to_y", "ssim"]
+__all__ = ["gaussian_filter_valid", "gaussian_taps", "psnr", "psnr_from_mse", "rgb_to_y", "ssim", "ssim_map"]
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
@@ -94,11 +97,31 @@ def _gaussian_window(device: torch.device) -> torch.Tensor:
     return g / g.sum()
 
 
-def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filtering of each channel, 'valid' mode (no padding)."""
-    c = x.shape[1]
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+@lru_cache(maxsize=1)
+def gaussian_taps() -> tuple[float, ...]:
+    """SSIM's 11-tap Gaussian window (sigma 1.5) as Python floats: the one definition of the window."""
+    return tuple(_gaussian_window(torch.device("cpu")).tolist())
+
+
+def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
+    """SSIM's separable 11x11 Gaussian over the last two axes of a float64 batch, 'valid' mode (no padding),
+    as 11 shifted multiply-adds per axis: float64 grouped `conv2d` has no vectorised CPU kernel (4x slower)."""
+    taps = gaussian_taps()
+    for axis in (-1, -2):
+        n_out = x.shape[axis] - len(taps) + 1
+        out = x.narrow(axis, 0, n_out) * taps[0]
+        for i, tap in enumerate(taps[1:], start=1):
+            out.add_(x.narrow(axis, i, n_out), alpha=tap)
+        x = out
+    return x
+
+
+def ssim_map(mu_x: Any, mu_y: Any, xx: Any, yy: Any, xy: Any, *, data_range: float = 1.0) -> Any:
+    """SSIM's map from Gaussian-filtered moments (means, second moments, cross moment): torch tensors or numpy
+    arrays alike, so the evaluation's per-plane OpenCV path (`srtn.evaluate.score`) shares this formula."""
+    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 def ssim(
@@ -114,14 +137,9 @@ def ssim(
     h, w = pred.shape[-2:]
     if min(h, w) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, got {h}x{w}")
-    g = _gaussian_window(pred.device)
-    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
-    mu_x, mu_y = _filter_valid(pred, g), _filter_valid(target, g)
-    var_x = _filter_valid(pred * pred, g) - mu_x**2
-    var_y = _filter_valid(target * target, g) - mu_y**2
-    cov = _filter_valid(pred * target, g) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+    f = gaussian_filter_valid
+    moments = (f(pred), f(target), f(pred * pred), f(target * target), f(pred * target))
+    return ssim_map(*moments, data_range=data_range).mean(dim=(2, 3)).mean(dim=1)
 
 
 def psnr_from_mse(mse: float, *, data_range: float = 1.0) -> float:

@@ -9,11 +9,11 @@ bicubic's row is the original's "plain interpolation vs HR" baseline. Per-model 
 per-image values over the same tiles for every model.
 
 Speed: `HrReference` does the HR half of every metric once per batch (crop, luma, the Gaussian-filtered
-mean and second moment) and each model then adds only its own half. The Gaussian filtering is OpenCV's
-separable filter per image plane on a CPU, shifted multiply-adds on a GPU (`gaussian_filter_valid`), rather
-than `srtn.metrics`' grouped convolution: float64 grouped `conv2d` has no vectorised CPU kernel, and the
-metrics were 70% of an evaluation's time (52 tiles, 4 small models: about 40 s of metrics against 10 s of
-model forward). Same conventions, window and constants as `srtn.metrics` (tests pin the two to 1e-12).
+mean and second moment) and each model then adds only its own half (the metrics were 70% of an evaluation's
+time before: 52 tiles, 4 small models, about 40 s of metrics against 10 s of model forward). The window,
+filter and SSIM map are `srtn.metrics`' (`gaussian_taps`, `gaussian_filter_valid`, `ssim_map`); on a CPU the
+filter runs per image plane with OpenCV's separable filter, which keeps a plane in cache (tests pin it to
+`srtn.metrics.ssim` within 1e-12).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ __all__ = [
     "HrReference",
     "ResolvedModel",
     "aggregate",
-    "gaussian_filter_valid",
     "in_model_order",
     "score_batch",
     "super_resolve",
@@ -67,33 +66,9 @@ class ResolvedModel:
         return self.scale is None or self.scale == scale
 
 
-@lru_cache(maxsize=8)
-def _taps(device: str) -> tuple[float, ...]:
-    """srtn.metrics' 11-tap Gaussian window (sigma 1.5), as Python floats."""
-    return tuple(metrics._gaussian_window(torch.device(device)).tolist())  # the one definition of the window
-
-
-def _filter(x: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
-    """11 shifted in-place multiply-adds per axis over the last two axes, 'valid' mode."""
-    for axis in (-1, -2):
-        n_out = x.shape[axis] - len(taps) + 1
-        out = x.narrow(axis, 0, n_out) * taps[0]
-        for i, tap in enumerate(taps[1:], start=1):
-            out.add_(x.narrow(axis, i, n_out), alpha=tap)
-        x = out
-    return x
-
-
-def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
-    """SSIM's separable 11x11 Gaussian (sigma 1.5) over H and W of a float64 batch (`(..., H, W)`), 'valid'
-    mode, summed in the same order as srtn.metrics' grouped convolution (whose float64 CPU kernel is 4x
-    slower)."""
-    return _filter(x, _taps(str(x.device)))
-
-
 @lru_cache(maxsize=1)
 def _taps_array() -> np.ndarray:
-    return np.asarray(_taps("cpu"), dtype=np.float64)
+    return np.asarray(metrics.gaussian_taps(), dtype=np.float64)
 
 
 def _filter_plane(plane: np.ndarray) -> np.ndarray:
@@ -102,13 +77,6 @@ def _filter_plane(plane: np.ndarray) -> np.ndarray:
     taps = _taps_array()
     r = len(taps) // 2
     return cv2.sepFilter2D(plane, cv2.CV_64F, taps, taps, borderType=cv2.BORDER_CONSTANT)[r:-r, r:-r]
-
-
-def _ssim_map(mu_x: Any, mu_y: Any, xx: Any, yy: Any, xy: Any) -> Any:
-    """SSIM's map from filtered moments (torch tensors or numpy arrays alike)."""
-    c1, c2 = metrics._K1**2, metrics._K2**2  # srtn.metrics' constants, data range 1
-    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 @contextlib.contextmanager
@@ -141,7 +109,6 @@ class HrReference:
             raise ValueError(f"crop_border={c} leaves less than SSIM's 11x11 window of a {h}x{w} tile")
         self.shape = tuple(hr.shape)
         self.crop = c
-        self.taps = _taps(str(hr.device))
         hr = (torch.round(hr.float() * 255.0) / 255.0).to(torch.float64)  # uint8 levels, as quantized SR outputs are
         self.rgb = self._cropped(hr).contiguous()
         self.y = metrics.rgb_to_y(self.rgb)
@@ -162,19 +129,18 @@ class HrReference:
         """Filtered mean and second moment of every HR plane (of the whole batch on a GPU)."""
         planes = self._planes(hr)
         if not self.per_plane:
-            return [(_filter(planes, self.taps), _filter(planes * planes, self.taps))]
+            f = metrics.gaussian_filter_valid
+            return [(f(planes), f(planes * planes))]
         return [(_filter_plane(p), _filter_plane(p * p)) for p in planes]
 
     def _ssim(self, sr: torch.Tensor, hr: torch.Tensor, moments: list[tuple[Any, Any]]) -> torch.Tensor:
         """Per-image SSIM: the map's mean per plane, then over channels (as srtn.metrics.ssim)."""
         n, channels = sr.shape[:2]
         if not self.per_plane:
-            (mu_y, yy), f = moments[0], self.taps
-            return (
-                _ssim_map(_filter(sr, f), mu_y, _filter(sr * sr, f), yy, _filter(sr * hr, f)).mean(dim=(2, 3)).mean(1)
-            )
+            (mu_y, yy), f = moments[0], metrics.gaussian_filter_valid
+            return metrics.ssim_map(f(sr), mu_y, f(sr * sr), yy, f(sr * hr)).mean(dim=(2, 3)).mean(1)
         means = [
-            float(_ssim_map(_filter_plane(x), mu_y, _filter_plane(x * x), yy, _filter_plane(x * y)).mean())
+            float(metrics.ssim_map(_filter_plane(x), mu_y, _filter_plane(x * x), yy, _filter_plane(x * y)).mean())
             for x, y, (mu_y, yy) in zip(self._planes(sr), self._planes(hr), moments)
         ]
         return torch.tensor(means, dtype=torch.float64).view(n, channels).mean(dim=1)
