@@ -3,6 +3,7 @@ in row groups, and region tasks over one slide giving the same tiles as one task
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
+from srtn.data.regions import next_regions
 from srtn.data.schema import decode_png
 from srtn.data.slides import mask_fraction, read_rgb, tile_grid, tissue_mask
 from srtn.data.tile_job import run_tiling
@@ -183,10 +185,39 @@ def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change
     assert again.get("resumed") and _tiles(many.output) == _tiles(one.output)
 
 
-def test_a_cap_with_regions_is_refused(scans, tmp_path):
-    cfg = _cfg(tmp_path, "max_tiles_per_slide=5")
-    with pytest.raises(ValueError, match="region tasks need max_tiles_per_slide: null"):
-        tile_slide(str(scans["x40"]), source_id="x", cfg=cfg, region=(0, 3))
+@pytest.mark.parametrize("cap", [30, 70])  # the first wave suffices / a second wave is needed
+def test_a_capped_slide_cut_by_region_waves_keeps_what_one_task_keeps(scans, tmp_path, ray_session, cap):
+    """Under a cap the kept tiles are the first `cap` passing candidates of the seeded order: region waves over
+    a prefix of that order, merged up to the cap, give the same tiles and the same counts as one task."""
+    inputs = [str(scans["x40"])]
+    one = _cfg(tmp_path / "one", f"max_tiles_per_slide={cap}", inputs=inputs)
+    assert run_tiling(one) == 0
+    waves = _cfg(tmp_path / "waves", f"max_tiles_per_slide={cap}", "execution.region_tiles=20", inputs=inputs)
+    assert run_tiling(waves) == 0
+    (a,) = read_manifest(str(one.output))["sources"]
+    (b,) = read_manifest(str(waves.output))["sources"]
+    assert "regions" not in a and b["regions"] >= 2 and a["kept"] == b["kept"] == cap
+    assert {k: b[k] for k in ("seen", "decoded", "rejected", "split_counts")} == {
+        k: a[k] for k in ("seen", "decoded", "rejected", "split_counts")
+    }
+    assert _tiles(waves.output) == _tiles(one.output)
+    leftovers = [p.name for p in Path(waves.output).rglob("*") if p.is_file() and ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_next_regions_runs_waves_until_the_cap():
+    items = [{"region": i, "start": 10 * i, "stop": 10 * i + 10} for i in range(6)]
+
+    def result(i: int, kept: int) -> dict:
+        return {"region": i, "error": "", "counts": json.dumps({"kept": kept, "visited": 10})}
+
+    assert next_regions(items, [], None) == items  # whole slide: every region at once
+    assert next_regions(items, [result(0, 10)], None) == []
+    assert [it["region"] for it in next_regions(items, [], 25)] == [0, 1, 2]  # as many candidates as the cap
+    half = [result(0, 5), result(1, 5), result(2, 5)]  # 50% pass: 10 more tiles need ~22 candidates
+    assert [it["region"] for it in next_regions(items, half, 25)] == [3, 4, 5]
+    assert next_regions(items, [result(0, 10), result(1, 10), result(2, 10)], 25) == []
+    assert next_regions(items, [{"region": 0, "error": "boom"}], 25) == []
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +277,20 @@ def test_region_parts_stream_to_s3_and_merge_into_one_file_per_split(s3_env, mon
         w.add(row(99, "train"))
         raise KeyError("a failure half way")
     assert objects() == set()  # the source's earlier files are withdrawn too: a failed source publishes nothing
+
+
+def test_a_failed_region_fails_the_slide_and_publishes_nothing(scans, tmp_path, ray_session):
+    """Garbage in part of level 0's tile data: the region that reads it gives up (max_read_errors 1), so the
+    slide is failed with the region's reason and none of the other regions' parts is published or left."""
+    broken = tmp_path / "in" / scans["x40"].name
+    broken.parent.mkdir()
+    data = bytearray(scans["x40"].read_bytes())
+    start = len(data) // 3
+    data[start : start + 200_000] = bytes(200_000)  # zeroes over level-0 tiles (deflate streams)
+    broken.write_bytes(bytes(data))
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
+               "execution.max_read_errors=1", inputs=[str(broken)])  # fmt: skip
+    assert run_tiling(cfg) == 1
+    (record,) = read_manifest(str(cfg.output))["sources"]
+    assert record["status"] == "failed" and "regions failed" in record["error"] and record["files"] == []
+    assert [p.name for p in Path(cfg.output).rglob("*.parquet*")] == []

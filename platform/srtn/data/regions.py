@@ -1,12 +1,17 @@
-"""One slide on many CPUs: whole-slide extraction split into region tasks over the slide's candidate list.
+"""One slide on many CPUs: a slide cut whole, or with a cap above one region, split into region tasks.
 
-With `max_tiles_per_slide: null` every passing tile is kept, so the tile set does not depend on the visiting
-order and the row-major candidate list can be cut into contiguous regions of about `execution.region_tiles`
-candidates. Each region task cuts its candidates and streams its rows into hidden part files (one per split,
-in the output store, so a task on any node can write them); the slide's merge task then streams the parts,
-in region order, into the slide's published files and writes its record. The tile set is the same as one
-task's, and so are the resume and manifest contract: the slide is done when merged, failed if any region
-failed (its parts are deleted, nothing is published).
+A slide's visiting order (`tile_slide.visit_order`: row-major when every passing tile is kept, the seeded
+random order under a cap) is cut into contiguous regions of about `execution.region_tiles` candidates. Each
+region task cuts its candidates and streams its rows into hidden part files (one per split, in the output
+store, so a task on any node can write them) and returns its visits in order; the slide's merge task then
+streams the parts, in region order, into the slide's published files and writes its record.
+
+Under a cap the kept tiles must be the first `cap` passing candidates of the order, as one task keeps: regions
+run in waves over a prefix of the order (`next_regions`: the first wave as many candidates as the cap, later
+ones as many as the pass rate so far says are still needed), and the merge keeps exactly the first `cap` kept
+visits and counts only the visits before the last of them. So the tile set and the record are the same as one
+task's, and so are resume and the manifest: the slide is done when merged, failed if any region failed (its
+parts are deleted, nothing is published). Read errors count per region (`execution.max_read_errors`).
 
 Ray-free: the tiling job (`srtn.data.tile_job`) maps these functions with Ray Data; tests call them directly.
 """
@@ -29,7 +34,7 @@ from srtn.data.shard_writer import SourceShardWriter, merge_parts
 from srtn.data.tile_slide import SlidePlan, SlideResult, open_and_plan, slide_record, tile_slide
 from srtn.errors import SlideError
 
-__all__ = ["region_bounds", "needs_regions", "process_region", "merge_regions", "region_items"]
+__all__ = ["region_bounds", "needs_regions", "next_regions", "process_region", "merge_regions", "region_items"]
 
 
 def region_bounds(n_candidates: int, region_tiles: int) -> list[tuple[int, int]]:
@@ -40,8 +45,34 @@ def region_bounds(n_candidates: int, region_tiles: int) -> list[tuple[int, int]]
 
 
 def needs_regions(plan: SlidePlan, cfg: TileConfig) -> bool:
-    """A slide cut whole whose candidates exceed one region."""
-    return cfg.max_tiles_per_slide is None and len(plan.candidates) > cfg.execution.region_tiles
+    """A slide whose candidates exceed one region, cut whole or with a cap larger than one region."""
+    cap, region = cfg.max_tiles_per_slide, cfg.execution.region_tiles
+    return len(plan.candidates) > region and (cap is None or cap > region)
+
+
+def next_regions(
+    items: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]], cap: int | None
+) -> list[Mapping[str, Any]]:
+    """The slide's regions to run next: all of them without a cap; under a cap, the next ones in order until
+    the candidates they hold, at the pass rate seen so far (10% margin), should give the tiles still missing.
+    None once a region failed, the cap is reached or the order is exhausted."""
+    done = {int(r["region"]) for r in results}
+    pending = [it for it in items if int(it["region"]) not in done]
+    if cap is None or any(r.get("error") for r in results):
+        return [] if results else list(pending)
+    kept = sum(json.loads(r["counts"])["kept"] for r in results)
+    visited = sum(json.loads(r["counts"])["visited"] for r in results)
+    if kept >= cap or not pending:
+        return []
+    rate = max(kept / visited, 0.05) if visited else 1.0
+    need = math.ceil((cap - kept) / rate * (1.1 if visited else 1.0))
+    wave = []
+    for it in pending:
+        wave.append(it)
+        need -= int(it["stop"]) - int(it["start"])
+        if need <= 0:
+            break
+    return wave
 
 
 def region_items(item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig) -> list[dict[str, Any]]:
@@ -55,7 +86,7 @@ def region_items(item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig) -> l
 
 def process_region(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
     """Cut one region of a slide into hidden part files; never raises (an error is the result's `error`).
-    Counts and QC marks travel back as JSON text (Ray Data rows stay flat)."""
+    Its visits (for the record and the QC picture) travel back as JSON text (Ray Data rows stay flat)."""
     start = time.perf_counter()
     out: dict[str, Any] = {"source_id": item["source_id"], "region": int(item["region"]), "error": ""}
     try:
@@ -67,10 +98,8 @@ def process_region(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> d
                 region = (int(item["start"]), int(item["stop"]))
                 result = tile_slide(local, source_id=item["source_id"], cfg=cfg, group=group, sink=w.add, region=region)
                 parts = w.finish_parts()
-        counts = {k: result.record[k] for k in ("seen", "decoded", "kept")} | {"rejected": result.record["rejected"]}
-        marks = result.marks or TileMarks(size0=0)
-        out |= {"parts": json.dumps(parts), "counts": json.dumps(counts)}
-        out["marks"] = json.dumps({"kept": list(marks.kept), "rejected": list(marks.rejected)})
+        counts = {"kept": result.record["kept"], "visited": len(result.visits)}
+        out |= {"parts": json.dumps(parts), "counts": json.dumps(counts), "visits": json.dumps(result.visits)}
     except SlideError as exc:
         out["error"] = exc.reason
     except Exception as exc:  # one region must not kill the job: the slide fails with this reason
@@ -86,6 +115,21 @@ def _discard_parts(results: Sequence[Mapping[str, Any]]) -> None:
             storage.delete(part["uri"])
 
 
+def _first_visits(results: Sequence[Mapping[str, Any]], cap: int | None) -> tuple[list, dict[tuple[int, str], int]]:
+    """The visits one task would have made (all, or up to the cap-th kept tile) in order, and how many rows of
+    each (region, split) part they keep."""
+    visits, take, kept = [], Counter[tuple[int, str]](), 0
+    for r in results:
+        for x, y, label, is_kept in json.loads(r["visits"]):
+            if cap is not None and kept >= cap:
+                return visits, dict(take)
+            visits.append((int(x), int(y), str(label), bool(is_kept)))
+            if is_kept:
+                take[(int(r["region"]), str(label))] += 1
+                kept += 1
+    return visits, dict(take)
+
+
 def merge_regions(
     local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig
 ) -> tuple[dict[str, Any], SlideResult]:
@@ -97,18 +141,20 @@ def merge_regions(
         _discard_parts(results)
         raise SlideError(f"{len(errors)} of {len(results)} regions failed, first: {errors[0]}", path=local)
     plan = open_and_plan(local, source_id=source_id, cfg=cfg)
+    visits, take = _first_visits(results, cfg.max_tiles_per_slide)
     counts: Counter[str] = Counter()
     marks = TileMarks(size0=round(plan.geometry.size0), kept=[], rejected=[])
-    kept = 0
-    for r in results:
-        c = json.loads(r["counts"])
-        counts.update({"decoded": c["decoded"]} | c["rejected"])
-        kept += c["kept"]
-        m = json.loads(r["marks"])
-        marks.kept.extend((int(x), int(y), str(s)) for x, y, s in m["kept"])  # type: ignore[attr-defined]
-        marks.rejected.extend((int(x), int(y), str(s)) for x, y, s in m["rejected"])  # type: ignore[attr-defined]
-    parts = [p for r in results for p in json.loads(r["parts"])]
+    for x, y, label, is_kept in visits:
+        if is_kept:
+            marks.kept.append((x, y, label))  # type: ignore[attr-defined]
+        else:
+            marks.rejected.append((x, y, label))  # type: ignore[attr-defined]
+            counts[label] += 1
+        counts["decoded"] += label != "read_error"
+    parts = [
+        p | {"limit": take.get((int(r["region"]), p["split"]), 0)} for r in results for p in json.loads(r["parts"])
+    ]
     files = merge_parts(cfg.output, source_id, parts, row_group_rows=cfg.execution.row_group_rows)
-    record = slide_record(plan, cfg, source_id, counts, kept)
+    record = slide_record(plan, cfg, source_id, counts, len(marks.kept))
     record |= {"regions": len(results), "split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
     return record, SlideResult(record=record, marks=marks, mask=plan.mask)

@@ -202,15 +202,23 @@ def merge_parts(
     output: str, source_id: str, parts: Iterable[Mapping[str, Any]], *, row_group_rows: int = 128
 ) -> list[dict[str, Any]]:
     """Stream region parts (`finish_parts` entries, in region order) into the source's published files, one
-    row group at a time, then delete the parts. All or nothing, as `SourceShardWriter.publish`."""
+    row group at a time, then delete the parts. A part's `limit` keeps only its first rows (a capped slide's
+    last region). All or nothing, as `SourceShardWriter.publish`."""
     parts = list(parts)
     try:
         with SourceShardWriter(output, source_id, row_group_rows=row_group_rows) as writer:
             for part in parts:
+                left = part.get("limit", part["rows"])
+                if left <= 0:
+                    continue
                 fs, path = storage.resolve(part["uri"])
                 with fs.open_input_file(path) as fh:
                     for batch in pq.ParquetFile(fh).iter_batches(batch_size=row_group_rows):
+                        batch = batch.slice(0, left)
                         writer.add_table(part["split"], pa.Table.from_batches([batch], schema=FILE_SCHEMA))
+                        left -= batch.num_rows
+                        if left <= 0:
+                            break
             return writer.publish()
     finally:
         for part in parts:

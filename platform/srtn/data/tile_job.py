@@ -37,7 +37,7 @@ from srtn.data.manifest import (
 from srtn.data.mpp import load_slide_mpp
 from srtn.data.qc import write_slide_qc
 from srtn.data.qc_index import write_qc_index
-from srtn.data.regions import merge_regions, needs_regions, process_region, region_items
+from srtn.data.regions import merge_regions, needs_regions, next_regions, process_region, region_items
 from srtn.data.shard_writer import SourceShardWriter
 from srtn.data.shards import existing_shards, remove_source_files
 from srtn.data.splits import site_groups
@@ -148,8 +148,8 @@ def _finish(record: dict[str, Any], item: Mapping[str, Any], cfg: TileConfig, gr
 
 def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
     """Tile one slide, publish its shards, then its status record; never raises for a bad slide or a bad
-    write (both become a `failed` record). A slide cut whole that needs region tasks comes back as a
-    `regions` record listing them (nothing written yet)."""
+    write (both become a `failed` record). A slide that needs region tasks comes back as a `regions` record
+    listing them (nothing written yet)."""
     start = time.perf_counter()
     record = _tile_and_publish(item, cfg, group)
     if record["status"] == REGIONS:
@@ -178,9 +178,9 @@ def merge_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict
 
 
 def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> list[dict[str, Any]]:
-    """Run `process_slide` over `todo` with Ray Data, one task per slide; slides cut whole that are larger
-    than a region then get one task per region and one merge task each (`srtn.data.regions`). Returns the
-    slides' records."""
+    """Run `process_slide` over `todo` with Ray Data, one task per slide; slides larger than a region (cut
+    whole, or with a cap above one region) then get one task per region, in waves under a cap, and one merge
+    task each (`srtn.data.regions`). Returns the slides' records."""
     from srtn.data.per_item import map_items
 
     def run(fn: Any, items: list[dict[str, Any]], desc: str, unit: str) -> list[dict[str, Any]]:
@@ -194,10 +194,14 @@ def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> lis
     split_up = {r["source_id"]: r for r in records if r["status"] == REGIONS}
     if not split_up:
         return records
-    regions = [region for r in split_up.values() for region in json.loads(r["regions"])]
+    plans = {sid: json.loads(r["regions"]) for sid, r in split_up.items()}
     results: dict[str, list[dict[str, Any]]] = {sid: [] for sid in split_up}
-    for result in run(process_region, regions, f"regions of {len(split_up)} whole slides", "region"):
-        results[result["source_id"]].append(result)
+    cap = cfg.max_tiles_per_slide
+    wave = [it for sid, items in plans.items() for it in next_regions(items, [], cap)]
+    while wave:  # one wave without a cap; under a cap, until each slide has its tiles (`next_regions`)
+        for result in run(process_region, wave, f"regions of {len(split_up)} large slides", "region"):
+            results[result["source_id"]].append(result)
+        wave = [it for sid, items in plans.items() for it in next_regions(items, results[sid], cap)]
     uris = {item["source_id"]: item["uri"] for item in todo}
     merges = [
         {"uri": uris[sid], "source_id": sid, "results": json.dumps(res), "seconds_before": _busy(split_up[sid], res)}

@@ -50,6 +50,7 @@ __all__ = [
     "slide_record",
     "source_id_for",
     "tile_slide",
+    "visit_order",
 ]
 
 
@@ -61,6 +62,7 @@ class SlideResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
     marks: TileMarks | None = None
+    visits: list[tuple[int, int, str, bool]] = field(default_factory=list)  # (x, y, split or reason, kept), in order
     mask: np.ndarray | None = None
 
 
@@ -160,7 +162,8 @@ def tile_slide(
     """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable.
 
     Kept rows are collected in the result, or passed one by one to `sink` (then the result's rows stay empty).
-    `region` (start, stop): only those candidates of the row-major candidate list (whole-slide extraction)."""
+    `region` (start, stop): only those candidates of the visiting order (`visit_order`), for region tasks.
+    `SlideResult.visits` lists every visited candidate in order, for merging regions."""
     with opened(local_path) as reader:
         plan = plan_slide(reader, source_id=source_id, cfg=cfg)
         return cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink, region=region)
@@ -296,13 +299,17 @@ def _tissue(reader: _Reader, cfg: TileConfig) -> tuple[np.ndarray, float]:
         raise SlideError(f"cannot read the low-resolution level for the tissue mask: {exc}", path=reader.path) from exc
 
 
-def _visit_order(plan: SlidePlan, cfg: TileConfig, source_id: str, region: tuple[int, int] | None) -> list:
+def visit_order(plan: SlidePlan, cfg: TileConfig, source_id: str) -> list[tuple[int, int]]:
+    """The order candidates are visited in: row-major when every passing tile is kept (reads stay local),
+    else seeded random (the kept tiles are then a uniform sample)."""
     if cfg.max_tiles_per_slide is None:
-        start, stop = region or (0, len(plan.candidates))
-        return plan.candidates[start:stop]
-    if region is not None:
-        raise ValueError("region tasks need max_tiles_per_slide: null (a cap is a sample of the whole slide)")
+        return plan.candidates
     return candidate_order(plan.candidates, source_id=source_id, seed=cfg.seed)
+
+
+def _visit_order(plan: SlidePlan, cfg: TileConfig, source_id: str, region: tuple[int, int] | None) -> list:
+    order = visit_order(plan, cfg, source_id)
+    return order if region is None else order[region[0] : region[1]]
 
 
 def cut_slide(
@@ -319,6 +326,7 @@ def cut_slide(
     counts: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     marks = TileMarks(size0=round(plan.geometry.size0))
+    visits: list[tuple[int, int, str, bool]] = []
     thresholds = cfg.filters.thresholds()
     name = storage.basename(reader.path)
     cap = cfg.max_tiles_per_slide
@@ -331,6 +339,7 @@ def cut_slide(
         except openslide.OpenSlideError as exc:
             counts["read_error"] += 1
             marks.rejected.append((x0, y0, "read_error"))
+            visits.append((x0, y0, "read_error", False))
             if counts["read_error"] >= cfg.execution.max_read_errors:
                 raise SlideError(f"{counts['read_error']} tile reads failed, last: {exc}", path=reader.path) from exc
             reader.reopen()
@@ -340,6 +349,7 @@ def cut_slide(
         if reason:
             counts[reason] += 1
             marks.rejected.append((x0, y0, reason))
+            visits.append((x0, y0, reason, False))
             continue
         grp = _group_for(group, source_id, name, x0, y0, cfg.split.block_size)
         split = assign_split(grp, cfg.split.ratios, salt=cfg.split.salt)
@@ -352,7 +362,9 @@ def cut_slide(
             sink(row)
         kept += 1
         marks.kept.append((x0, y0, split))
-    return SlideResult(rows=rows, record=slide_record(plan, cfg, source_id, counts, kept), marks=marks, mask=plan.mask)
+        visits.append((x0, y0, split, True))
+    record = slide_record(plan, cfg, source_id, counts, kept)
+    return SlideResult(rows=rows, record=record, marks=marks, mask=plan.mask, visits=visits)
 
 
 def slide_record(plan: SlidePlan, cfg: TileConfig, source_id: str, counts: Counter[str], kept: int) -> dict[str, Any]:
