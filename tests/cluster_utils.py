@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -541,3 +541,21 @@ def start_s3_server(workdir: Path, *, timeout: float = 120) -> tuple[ServerProce
     uri = f"http://{LOOPBACK}:{port}"
     server.wait_until(lambda: http_ok(f"{uri}/moto-api/"), timeout=timeout, what="moto server")
     return server, uri
+
+
+@contextlib.contextmanager
+def s3_bucket(workdir: Path, bucket: str, *, timeout: float = 120) -> Iterator[dict[str, Any]]:
+    """A moto S3 server with one bucket, for a test module: `{"env": AWS_* variables, "client": boto3 client}`;
+    stopped on exit."""
+    import boto3
+
+    server, endpoint = start_s3_server(workdir, timeout=timeout)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env["AWS_REGION"] = "us-east-1"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")  # fmt: skip
+        client.create_bucket(Bucket=bucket)
+        yield {"env": env, "client": client}
+    finally:
+        server.stop()

@@ -235,19 +235,10 @@ def test_edsr_cohort_equals_single_slide_bit_for_bit_and_is_logged(ray_session, 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1 for this module (started by the cluster tests' helper), stopped after."""
-    import boto3
-    from cluster_utils import start_s3_server
+    from cluster_utils import s3_bucket
 
-    server, endpoint = start_s3_server(tmp_path_factory.mktemp("s3"), timeout=120)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    env["AWS_REGION"] = "us-east-1"
-    try:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")  # fmt: skip
-        client.create_bucket(Bucket="cohort")
-        yield {"env": env, "client": client}
-    finally:
-        server.stop()
+    with s3_bucket(tmp_path_factory.mktemp("s3"), "cohort") as s3:
+        yield s3
 
 
 def _leftovers() -> set[str]:
