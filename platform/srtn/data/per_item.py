@@ -8,15 +8,29 @@ back for downstream operators and output buffers, which here do not exist (the d
 records): with it on, a 2-CPU machine ran one slide task instead of two for a third of the tiling job
 (measured: 76% -> 88% CPU busy, 19.0 -> 16.4 s for 32 slides). Memory stays bounded by the number of
 running tasks, each of which holds one item.
+
+Ray's fixed cost is cut where it is pure overhead (`benchmarks/ray_overhead.py` measures each part):
+
+- A local instance started here has no dashboard (`init_ray(dashboard=False)`): nothing here reads it.
+- Its workers are warmed. Ray prestarts one worker per CPU, and Ray Data's first dataset creates two
+  internal actors (`_StatsActor`, `_AutoscalingCoordinatorActor`) that each take an idle fresh worker:
+  they took the prestarted ones, and the first items waited for new workers to start (about 2 s here).
+  The first map_items call on a local instance started in this process (`srtn.runtime.started_here`;
+  not a cluster, not an instance someone else started) submits one task per CPU at once, not waited
+  for, that claims a prestarted worker and imports Ray Data and the item function's module there while
+  the driver imports Ray Data itself; the items then run in those workers, the actors start their own.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["map_items"]
+
+_WARMED: set[str] = set()  # local instances (node ids) whose workers a map_items call here has warmed
 
 
 @contextmanager
@@ -32,6 +46,29 @@ def _without_reservation() -> Iterator[None]:
         ctx.op_resource_reservation_enabled = saved
 
 
+def _import_modules(names: Sequence[str]) -> list[str]:
+    """Import `names` in this worker; returns those that failed (a warm-up never fails the job)."""
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            failed.append(name)
+    return failed
+
+
+def _warm_workers(fn: Callable[..., Any]) -> None:
+    """One task per CPU of the fresh local instance, importing Ray Data and `fn`'s module (see the module
+    docstring); submitted, not waited for."""
+    import ray
+
+    module = getattr(fn, "__module__", None)
+    modules = ["ray.data"] + ([module] if module not in (None, "__main__") else [])
+    task = ray.remote(num_cpus=1)(_import_modules)
+    for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
+        task.remote(modules)
+
+
 def map_items(
     fn: Callable[..., dict[str, Any]],
     items: Sequence[dict[str, Any]],
@@ -42,14 +79,19 @@ def map_items(
     desc: str = "items",
     unit: str = "item",
 ) -> list[dict[str, Any]]:
-    """`fn(item, **fn_kwargs)` for every item, one Ray Data task each (Ray started by `init_ray`), under a
-    progress bar that advances as each item's result arrives."""
+    """`fn(item, **fn_kwargs)` for every item, one Ray Data task each (Ray started by `init_ray`, without
+    its dashboard if this starts it), under a progress bar that advances as each item's result arrives."""
     import ray
 
     from srtn.console import progress
-    from srtn.runtime import init_ray
+    from srtn.runtime import init_ray, started_here
 
-    init_ray()
+    init_ray(dashboard=False)
+    if started_here() and ray.get_runtime_context().get_node_id() not in _WARMED:
+        _WARMED.add(ray.get_runtime_context().get_node_id())
+        _warm_workers(fn)
+    import ray.data
+
     with _without_reservation():
         ds = ray.data.from_items(list(items), override_num_blocks=max(1, len(items)))
         compute = ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None

@@ -13,7 +13,8 @@ visits and counts only the visits before the last of them. So the tile set and t
 task's, and so are resume and the manifest: the slide is done when merged, failed if any region failed (its
 parts are deleted, nothing is published). Read errors count per region (`execution.max_read_errors`).
 
-Ray-free: the tiling job (`srtn.data.tile_job`) maps these functions with Ray Data; tests call them directly.
+Ray-free: the tiling job's slide task (`srtn.data.tile_job`) runs `process_region` as Ray tasks and merges;
+tests call these functions directly.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _first_visits(results: Sequence[Mapping[str, Any]], cap: int | None) -> tupl
 
 
 def merge_regions(
-    local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig
+    local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig, plan: SlidePlan | None = None
 ) -> tuple[dict[str, Any], SlideResult]:
     """Merge a slide's region results into its published files; returns (record, result for the QC picture).
     Raises `SlideError` (after deleting every part) when a region failed."""
@@ -140,7 +141,7 @@ def merge_regions(
     if errors:
         _discard_parts(results)
         raise SlideError(f"{len(errors)} of {len(results)} regions failed, first: {errors[0]}", path=local)
-    plan = open_and_plan(local, source_id=source_id, cfg=cfg)
+    plan = plan or open_and_plan(local, source_id=source_id, cfg=cfg)
     visits, take = _first_visits(results, cfg.max_tiles_per_slide)
     counts: Counter[str] = Counter()
     marks = TileMarks(size0=round(plan.geometry.size0), kept=[], rejected=[])

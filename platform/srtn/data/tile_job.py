@@ -2,7 +2,8 @@
 
 One Ray task per slide (never per tile): each task tiles its slide and publishes that slide's shard files
 (all splits or none) and then its status record, so memory does not grow with the number of slides and the
-driver only ever holds small status records.
+driver only ever holds small status records. A slide larger than one region (`srtn.data.regions`) is cut by
+Ray tasks that its slide task launches and waits for (lending them its CPU), then merged by the slide task.
 
 The folder is what `OUT/_manifest.json` says (`srtn.data.manifest`): before Ray starts, the input is listed
 (ids that cannot collide, `data.inputs`) and the output checked (writable, not a file); a slide is resumed
@@ -14,8 +15,8 @@ and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when 
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,14 +42,13 @@ from srtn.data.regions import merge_regions, needs_regions, next_regions, proces
 from srtn.data.shard_writer import SourceShardWriter
 from srtn.data.shards import existing_shards, remove_source_files
 from srtn.data.splits import site_groups
-from srtn.data.tile_slide import SlideResult, cut_slide, group_mode, opened, plan_slide
+from srtn.data.tile_slide import SlidePlan, SlideResult, cut_slide, group_mode, opened, plan_slide
 from srtn.errors import SlideError
 
 __all__ = ["NOT_ROW_KEYS", "tile_fingerprint", "process_slide", "run_tiling", "tile_dataset", "exit_code"]
 
 logger = logging.getLogger(__name__)
 
-REGIONS = "regions"  # a process_slide result that is not a record yet: the slide's region tasks
 
 NOT_ROW_KEYS: tuple[str, ...] = ("input", "output", "extensions", "execution", "qc", "overwrite", "strict")
 """Config keys that never change a slide's rows; every other key is in the fingerprint (a new key is too,
@@ -113,6 +113,39 @@ def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, gr
     return _add_qc(record, cfg, reader.path, result)
 
 
+_REMOTE_REGION: dict[float, Any] = {}
+
+
+def run_region_tasks(items: list[Mapping[str, Any]], *, cfg: TileConfig, group: str) -> list[dict[str, Any]]:
+    """One wave of a slide's region tasks: Ray tasks when Ray is up (the slide task waiting for them in `ray.get`
+    lends them its CPU), else one after the other in this process (tests, Ray-free benchmarks)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return [process_region(it, cfg=cfg, group=group) for it in items]
+    cpus = cfg.execution.num_cpus_per_task
+    if cpus not in _REMOTE_REGION:
+        _REMOTE_REGION[cpus] = ray.remote(process_region).options(num_cpus=cpus)
+    cfg_ref = ray.put(cfg)
+    return ray.get([_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items])
+
+
+def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
+    """A slide larger than a region: its region tasks in waves (`regions.next_regions`), then their parts merged
+    into its files (`regions.merge_regions`)."""
+    items, results = region_items(item, plan, cfg), []
+    wave = next_regions(items, [], cfg.max_tiles_per_slide)
+    while wave:
+        results += run_region_tasks(wave, cfg=cfg, group=group)
+        wave = next_regions(items, results, cfg.max_tiles_per_slide)
+    try:
+        record, result = merge_regions(local, item["source_id"], results, cfg=cfg, plan=plan)
+    except SlideError:
+        raise
+    except Exception as exc:  # the merge could not write: the store, not the slide, is at fault
+        raise _WriteError(exc) from exc
+    return _add_qc(record, cfg, local, result)
+
+
 def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> dict[str, Any]:
     uri, source_id = item["uri"], item["source_id"]
     try:
@@ -120,9 +153,9 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> d
             try:
                 with opened(local) as reader:
                     plan = plan_slide(reader, source_id=source_id, cfg=cfg)
-                    if needs_regions(plan, cfg):  # the driver runs its regions, then merges them
-                        return {"source_id": source_id, "status": REGIONS, "regions": region_items(item, plan, cfg)}
-                    return _cut_and_publish(reader, plan, source_id, cfg, group)
+                    if not needs_regions(plan, cfg):
+                        return _cut_and_publish(reader, plan, source_id, cfg, group)
+                return _cut_by_regions(item, local, plan, cfg, group)
             except SlideError as exc:
                 return _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
     except _WriteError as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
@@ -133,11 +166,14 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> d
         return _failed(cfg.output, source_id, f"{type(exc).__name__}: {exc}")
 
 
-def _finish(record: dict[str, Any], item: Mapping[str, Any], cfg: TileConfig, group: str, start: float) -> dict:
-    """Stamp a slide's record and write it (its status record is what makes the slide resumable)."""
+def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
+    """Tile one slide (by region tasks when it is larger than a region), publish its shards, then its status
+    record; never raises for a bad slide or a bad write (both become a `failed` record)."""
     uri, source_id = item["uri"], item["source_id"]
+    start = time.perf_counter()
+    record = _tile_and_publish(item, cfg, group)
     record |= {"uri": uri, "path": uri, "fingerprint": tile_fingerprint(cfg, group)}
-    record["seconds"] = round(time.perf_counter() - start + float(item.get("seconds_before", 0.0)), 3)
+    record["seconds"] = round(time.perf_counter() - start, 3)
     try:
         write_status(cfg.output, record)
     except Exception as exc:  # without its record the slide cannot be resumed: count it as not written
@@ -146,74 +182,20 @@ def _finish(record: dict[str, Any], item: Mapping[str, Any], cfg: TileConfig, gr
     return record
 
 
-def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
-    """Tile one slide, publish its shards, then its status record; never raises for a bad slide or a bad
-    write (both become a `failed` record). A slide that needs region tasks comes back as a `regions` record
-    listing them (nothing written yet)."""
-    start = time.perf_counter()
-    record = _tile_and_publish(item, cfg, group)
-    if record["status"] == REGIONS:
-        record["regions"] = json.dumps(record["regions"])  # Ray Data rows stay flat
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        return record
-    return _finish(record, item, cfg, group, start)
-
-
-def merge_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
-    """Merge a slide's region results (`item["results"]`, JSON) into its files; write its record."""
-    start, source_id = time.perf_counter(), item["source_id"]
-    results = json.loads(item["results"])
-    try:
-        with storage.stage_local(item["uri"]) as local:
-            try:
-                record, result = merge_regions(local, source_id, results, cfg=cfg)
-                record = _add_qc(record, cfg, local, result)
-            except SlideError as exc:
-                record = _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
-    except Exception as exc:  # the merge could not write (the store refused): not the slide's fault
-        record = _failed(
-            cfg.output, source_id, f"cannot write its shards: {type(exc).__name__}: {exc}", output_error=True
-        )
-    return _finish(record, item, cfg, group, start)
-
-
 def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> list[dict[str, Any]]:
-    """Run `process_slide` over `todo` with Ray Data, one task per slide; slides larger than a region (cut
-    whole, or with a cap above one region) then get one task per region, in waves under a cap, and one merge
-    task each (`srtn.data.regions`). Returns the slides' records."""
+    """Run `process_slide` over `todo` with Ray Data, one task per slide (a large slide's task fans out its
+    region tasks, `srtn.data.regions`); returns the records."""
     from srtn.data.per_item import map_items
 
-    def run(fn: Any, items: list[dict[str, Any]], desc: str, unit: str) -> list[dict[str, Any]]:
-        kwargs = {"cfg": cfg, "group": group}
-        ex = cfg.execution
-        return map_items(
-            fn, items, fn_kwargs=kwargs, num_cpus=ex.num_cpus_per_task, concurrency=ex.concurrency, desc=desc, unit=unit
-        )
-
-    records = run(process_slide, todo, "tiling", "slide")
-    split_up = {r["source_id"]: r for r in records if r["status"] == REGIONS}
-    if not split_up:
-        return records
-    plans = {sid: json.loads(r["regions"]) for sid, r in split_up.items()}
-    results: dict[str, list[dict[str, Any]]] = {sid: [] for sid in split_up}
-    cap = cfg.max_tiles_per_slide
-    wave = [it for sid, items in plans.items() for it in next_regions(items, [], cap)]
-    while wave:  # one wave without a cap; under a cap, until each slide has its tiles (`next_regions`)
-        for result in run(process_region, wave, f"regions of {len(split_up)} large slides", "region"):
-            results[result["source_id"]].append(result)
-        wave = [it for sid, items in plans.items() for it in next_regions(items, results[sid], cap)]
-    uris = {item["source_id"]: item["uri"] for item in todo}
-    merges = [
-        {"uri": uris[sid], "source_id": sid, "results": json.dumps(res), "seconds_before": _busy(split_up[sid], res)}
-        for sid, res in results.items()
-    ]
-    merged = run(merge_slide, merges, "merging", "slide")
-    return [r for r in records if r["status"] != REGIONS] + merged
-
-
-def _busy(planned: Mapping[str, Any], results: list[dict[str, Any]]) -> float:
-    """Task seconds a slide took before its merge: planning plus every region (CPU-time-like, summed)."""
-    return float(planned.get("seconds", 0.0)) + sum(float(r.get("seconds", 0.0)) for r in results)
+    return map_items(
+        process_slide,
+        todo,
+        fn_kwargs={"cfg": cfg, "group": group},
+        num_cpus=cfg.execution.num_cpus_per_task,
+        concurrency=cfg.execution.concurrency,
+        desc="tiling",
+        unit="slide",
+    )
 
 
 def exit_code(records: list[Mapping[str, Any]], *, strict: bool, what: str = "slides") -> int:
