@@ -18,8 +18,8 @@ Cases (`--only` picks some; estimates are for the full run on 2 idle CPUs, slide
   aperio    32 Aperio-like slides 20000x15000: all five methods                                  ~12 min
   count     8 / 32 / 128 small slides 8192x8192: srtn, srtn-noray, pool2 (serial, ratiopath at 32)  ~10 min
   size      4 Aperio-like slides of 8k / 20k / 40k: srtn vs pool2                                 ~4 min
-  whole     one 20k slide cut whole (`max_tiles_per_slide: null`), Ray with 1 vs 2 CPUs          ~1 min
-  memory    peak PSS of whole-slide extraction, 20k vs 40k slide (reuses whole's 2-CPU run)      ~1 min
+  whole     one 20k and one 40k slide cut whole (`max_tiles_per_slide: null`), Ray on 1 vs 2 CPUs ~3 min
+  memory    peak PSS of whole-slide extraction, 20k vs 40k slide (reuses whole's 2-CPU runs)     -
 
 Every round runs a case's methods in a rotating order (`--repeats`), after reading every slide file once
 (the same page-cache warm-up for all); each venv starts Ray once, untimed, before the first round. All run at
@@ -94,7 +94,7 @@ def prepare(args: argparse.Namespace, p: dict[str, Any]) -> None:
             "aperio": [p["aperio"]],
             "count": p["small"],
             "size": p["size"],
-            "whole": [p["whole"]],
+            "whole": [p["whole"], p["memory"][1]],
             "memory": p["memory"],
             "floor": [p["aperio"], *(s for s in p["small"] if s.n == p["small_main"])],
             "raystart": [p["whole"]],
@@ -354,17 +354,21 @@ def _whole_sets(args: argparse.Namespace) -> list[str]:
 
 
 def case_whole(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any]) -> None:
+    """One slide cut whole on 2 CPUs vs 1: the 20k slide (the goal's), and the 40k slide of the memory case (four
+    times the work for the same fixed cost: how the ratio grows with the slide)."""
     res["sets"]["whole"] = p["whole"].label()
+    res["sets"]["whole_large"] = p["memory"][1].label()
     sets = _whole_sets(args)
-    run_methods(
-        "whole",
-        p["whole"],
-        ["srtn", "srtn-1cpu"],
-        args,
-        res,
-        extra={"srtn": sets, "srtn-1cpu": sets},
-        cpus={"srtn-1cpu": 1},
-    )
+    for s in (p["whole"], p["memory"][1]):
+        run_methods(
+            "whole",
+            s,
+            ["srtn", "srtn-1cpu"],
+            args,
+            res,
+            extra={"srtn": sets, "srtn-1cpu": sets},
+            cpus={"srtn-1cpu": 1},
+        )
 
 
 def case_memory(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any]) -> None:
