@@ -87,6 +87,7 @@ def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     from srtn.data.breakhis.job import run_breakhis
     from srtn.data.tile_job import run_tiling
     from srtn.evaluate.job import evaluate
+    from srtn.runtime import init_ray
     from srtn.synth import write_breakhis_tree, write_tcga_dataset
     from srtn.track import ui_hint
     from srtn.train.fit import fit
@@ -121,6 +122,7 @@ def run_demo(*, workdir: str = "runs/demo", fast: bool = False) -> int:
     print(f"done in {time.perf_counter() - t:.0f} s")
 
     t = _step("2/5 tile slides into Parquet shards (srtn tile)")
+    init_ray()  # with the dashboard: the demo trains later in this process (Ray Train needs its state API)
     if run_tiling(tile_cfg) != 0:
         return 1
     print(f"done in {time.perf_counter() - t:.0f} s")

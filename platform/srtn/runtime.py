@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORWARDED_ENV", "init_ray", "worker_runtime_env"]
+__all__ = ["FORWARDED_ENV", "init_ray", "started_here", "worker_runtime_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ FORWARDED_ENV: tuple[str, ...] = (
     "AWS_SESSION_TOKEN",
 )
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a submitted job's driver
+_STARTED: dict[str, Any] = {}  # the local instance init_ray started here: node id, dashboard, keywords
 
 
 def _package_dir() -> Path:
@@ -68,19 +69,24 @@ def _installed_in_site_packages(pkg: Path) -> bool:
 
 def _editable_checkout_of(pkg: Path) -> bool:
     """True when this environment has srtn installed in editable mode from the checkout that holds `pkg`
-    (then any process of the environment imports this same source)."""
-    try:
-        text = metadata.distribution("srtn").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        return False
-    if not text:
-        return False
-    info = json.loads(text)
-    url = info.get("url", "")
-    if not info.get("dir_info", {}).get("editable") or not url.startswith("file://"):
-        return False
-    root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve()
-    return pkg.is_relative_to(root)
+    (then any process of the environment imports this same source).
+
+    Every `srtn` distribution on the path is asked, not only the first: with `platform/` first on
+    `sys.path` (as `jobs/*.py` put it), a leftover `platform/srtn.egg-info` from an old build is found
+    first and has no `direct_url.json`; asking it alone shipped srtn to a local instance for nothing.
+    """
+    for dist in metadata.distributions(name="srtn"):
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        info = json.loads(text)
+        url = info.get("url", "")
+        if not info.get("dir_info", {}).get("editable") or not url.startswith("file://"):
+            continue
+        root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve()
+        if pkg.is_relative_to(root):
+            return True
+    return False
 
 
 def _job_runtime_env() -> dict[str, Any]:
@@ -110,13 +116,29 @@ def worker_runtime_env(*, cluster: bool) -> dict[str, Any]:
     return env
 
 
-def init_ray(**kwargs: Any) -> None:
+def started_here() -> bool:
+    """True when Ray is connected to the local instance that `init_ray` started in this process (so its
+    workers are this process's to warm, `srtn.data.per_item`)."""
+    import ray
+
+    return bool(_STARTED) and ray.is_initialized() and _STARTED["node"] == ray.get_runtime_context().get_node_id()
+
+
+def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
-    No `RAY_ADDRESS` means a local instance on this machine (the embedded default), with its dashboard: Ray
-    Train's placement-group cleaner asks the state API (served by the dashboard) every second whether the
-    Train controller lives, and without it logged "Failed to query Ray Train Controller actor state" each
-    time. The job's runtime env gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and
+    No `RAY_ADDRESS` means a local instance on this machine (the embedded default), with its dashboard
+    unless `dashboard=False`. Ray Train's placement-group cleaner asks the state API (served by the
+    dashboard) every second whether the Train controller lives; without it each query failed ("Failed to
+    query Ray Train Controller actor state") and a dead controller's placement group would never be
+    freed. So Train, Tune and the default keep it; the per-item data jobs pass `dashboard=False` (its
+    head processes: about 1 CPU-s at start-up, 0.05 CPU-s per second after).
+    The first call of a process decides, except that a call needing the dashboard of an instance started
+    here without it restarts that instance with it (earlier keywords kept; a few seconds, logged): a
+    process that trains after a data job (the demo) calls `init_ray()` first. An explicit
+    `include_dashboard` wins; a cluster has its own.
+
+    The job's runtime env gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and
     wins on conflicts). Ray's own driver logging is at WARNING unless verbose (`srtn.console`).
     """
     import ray
@@ -124,19 +146,30 @@ def init_ray(**kwargs: Any) -> None:
     from srtn.console import quiet_ray_data, ray_init_options
 
     if ray.is_initialized():
-        quiet_ray_data()
-        return
+        if not (dashboard and started_here() and not _STARTED["dashboard"]):
+            quiet_ray_data()
+            return
+        logger.info("restarting the local Ray instance with its dashboard (Ray Train needs its state API)")
+        kwargs = {k: v for k, v in _STARTED["kwargs"].items() if k != "include_dashboard"} | kwargs
+        ray.shutdown()
+    _STARTED.clear()
     for key, value in ray_init_options().items():
         kwargs.setdefault(key, value)
     address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
     cluster = bool(address) and address != "local"
+    given = dict(kwargs)
+    if not cluster:
+        kwargs.setdefault("include_dashboard", dashboard)
     extra = worker_runtime_env(cluster=cluster)
     if extra:
-        given = dict(kwargs.pop("runtime_env", None) or {})
-        merged = extra | given
-        if "env_vars" in extra and "env_vars" in given:
-            merged["env_vars"] = extra["env_vars"] | given["env_vars"]
+        given_env = dict(kwargs.pop("runtime_env", None) or {})
+        merged = extra | given_env
+        if "env_vars" in extra and "env_vars" in given_env:
+            merged["env_vars"] = extra["env_vars"] | given_env["env_vars"]
         kwargs["runtime_env"] = merged
         logger.info("Ray workers get %s", {k: (sorted(v) if k == "env_vars" else v) for k, v in extra.items()})
     ray.init(**kwargs)
+    if not cluster:
+        node = ray.get_runtime_context().get_node_id()
+        _STARTED.update(node=node, dashboard=bool(kwargs["include_dashboard"]), kwargs=given)
     quiet_ray_data()
