@@ -79,6 +79,13 @@ class TileMarks:
         rejected = [(int(x), int(y), str(r)) for x, y, r in data.get("rejected", [])]
         return cls(size0=int(data["size0"]), kept=kept, rejected=rejected)
 
+    @classmethod
+    def from_visits(cls, size0: int, visits: Sequence[tuple[int, int, str, bool]]) -> TileMarks:
+        """From the tiling's ordered visits `(x, y, split or reason, kept)` (`tile_slide.SlideResult.visits`)."""
+        kept = [(x, y, label) for x, y, label, is_kept in visits if is_kept]
+        rejected = [(x, y, label) for x, y, label, is_kept in visits if not is_kept]
+        return cls(size0=size0, kept=kept, rejected=rejected)
+
     def to_json(self) -> dict[str, Any]:
         return {"size0": self.size0, "kept": [list(k) for k in self.kept], "rejected": [list(r) for r in self.rejected]}
 

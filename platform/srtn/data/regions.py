@@ -32,7 +32,7 @@ from srtn import storage
 from srtn.config.tile import TileConfig
 from srtn.data.qc import TileMarks
 from srtn.data.shard_writer import SourceShardWriter, merge_parts
-from srtn.data.tile_slide import SlidePlan, SlideResult, open_and_plan, slide_record, tile_slide
+from srtn.data.tile_slide import SlidePlan, SlideResult, slide_record, tile_slide
 from srtn.errors import SlideError
 
 __all__ = ["region_bounds", "needs_regions", "next_regions", "process_region", "merge_regions", "region_items"]
@@ -132,7 +132,7 @@ def _first_visits(results: Sequence[Mapping[str, Any]], cap: int | None) -> tupl
 
 
 def merge_regions(
-    local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig, plan: SlidePlan | None = None
+    local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig, plan: SlidePlan
 ) -> tuple[dict[str, Any], SlideResult]:
     """Merge a slide's region results into its published files; returns (record, result for the QC picture).
     Raises `SlideError` (after deleting every part) when a region failed."""
@@ -141,17 +141,10 @@ def merge_regions(
     if errors:
         _discard_parts(results)
         raise SlideError(f"{len(errors)} of {len(results)} regions failed, first: {errors[0]}", path=local)
-    plan = plan or open_and_plan(local, source_id=source_id, cfg=cfg)
     visits, take = _first_visits(results, cfg.max_tiles_per_slide)
-    counts: Counter[str] = Counter()
-    marks = TileMarks(size0=round(plan.geometry.size0), kept=[], rejected=[])
-    for x, y, label, is_kept in visits:
-        if is_kept:
-            marks.kept.append((x, y, label))  # type: ignore[attr-defined]
-        else:
-            marks.rejected.append((x, y, label))  # type: ignore[attr-defined]
-            counts[label] += 1
-        counts["decoded"] += label != "read_error"
+    marks = TileMarks.from_visits(round(plan.geometry.size0), visits)
+    counts: Counter[str] = Counter(label for _, _, label, is_kept in visits if not is_kept)
+    counts["decoded"] = sum(label != "read_error" for _, _, label, _ in visits)
     parts = [
         p | {"limit": take.get((int(r["region"]), p["split"]), 0)} for r in results for p in json.loads(r["parts"])
     ]

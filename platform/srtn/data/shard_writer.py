@@ -159,10 +159,6 @@ class SourceShardWriter:
     def add_table(self, split: str, table: pa.Table) -> None:
         self._file(split).add_table(table)
 
-    @property
-    def split_counts(self) -> dict[str, int]:
-        return {s: f.rows + len(f._buffer) for s, f in self._files.items()}
-
     def finish_parts(self) -> list[dict[str, Any]]:
         """Close every split file and leave it unpublished: `[{split, uri, rows}]` for `merge_parts`."""
         try:

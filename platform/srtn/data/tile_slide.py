@@ -44,7 +44,6 @@ __all__ = [
     "cut_slide",
     "group_mode",
     "lr_levels",
-    "open_and_plan",
     "opened",
     "plan_slide",
     "slide_record",
@@ -167,12 +166,6 @@ def tile_slide(
     with opened(local_path) as reader:
         plan = plan_slide(reader, source_id=source_id, cfg=cfg)
         return cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink, region=region)
-
-
-def open_and_plan(local_path: str, *, source_id: str, cfg: TileConfig) -> SlidePlan:
-    """The plan of one slide (geometry, tissue mask, candidates) without reading any level-0 tile."""
-    with opened(local_path) as reader:
-        return plan_slide(reader, source_id=source_id, cfg=cfg)
 
 
 def lr_levels(info: SlideInfo, cfg: TileConfig, path: str, base: float | None = None) -> dict[int, int]:
@@ -325,7 +318,6 @@ def cut_slide(
     """Cut a planned slide: every candidate (or `region` of them) in order, up to the cap (see `tile_slide`)."""
     counts: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
-    marks = TileMarks(size0=round(plan.geometry.size0))
     visits: list[tuple[int, int, str, bool]] = []
     thresholds = cfg.filters.thresholds()
     name = storage.basename(reader.path)
@@ -338,7 +330,6 @@ def cut_slide(
             hr, lr = _read_pair(reader, cfg, plan, x0, y0)
         except openslide.OpenSlideError as exc:
             counts["read_error"] += 1
-            marks.rejected.append((x0, y0, "read_error"))
             visits.append((x0, y0, "read_error", False))
             if counts["read_error"] >= cfg.execution.max_read_errors:
                 raise SlideError(f"{counts['read_error']} tile reads failed, last: {exc}", path=reader.path) from exc
@@ -348,7 +339,6 @@ def cut_slide(
         reason = rejection_reason(hr, thresholds)
         if reason:
             counts[reason] += 1
-            marks.rejected.append((x0, y0, reason))
             visits.append((x0, y0, reason, False))
             continue
         grp = _group_for(group, source_id, name, x0, y0, cfg.split.block_size)
@@ -361,9 +351,9 @@ def cut_slide(
         else:
             sink(row)
         kept += 1
-        marks.kept.append((x0, y0, split))
         visits.append((x0, y0, split, True))
     record = slide_record(plan, cfg, source_id, counts, kept)
+    marks = TileMarks.from_visits(round(plan.geometry.size0), visits)
     return SlideResult(rows=rows, record=record, marks=marks, mask=plan.mask, visits=visits)
 
 
