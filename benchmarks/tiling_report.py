@@ -51,7 +51,8 @@ def _probe_startup(runs: list[dict[str, Any]]) -> float | None:
     rs = [r for r in runs if r["method"] == "raystart" and "failed" not in r]
     if not rs:
         return None
-    return statistics.median(sum(v for k, v in r["phases"].items() if k != "ray.shutdown") for r in rs)
+    stops = ("ray.shutdown", "shutdown_ray")  # the probe's name for it before / since srtn.runtime.shutdown_ray
+    return statistics.median(sum(v for k, v in r["phases"].items() if k not in stops) for r in rs)
 
 
 def _probe_fixed(runs: list[dict[str, Any]]) -> float | None:

@@ -10,7 +10,7 @@
 - noray: srtn's own per-slide work, `srtn.data.tile_job.process_slide(item, cfg=..., group=...)`, over the
   slides in a `multiprocessing.Pool(cpus)`, no Ray: what srtn costs without Ray.
 - raystart: srtn's fixed costs one by one: `import srtn.cli` + config, `srtn.runtime.init_ray()`, the first task
-  on every CPU (worker start), a worker's `import srtn.data.tile_job`, `ray.shutdown()`.
+  on every CPU (worker start), a worker's `import srtn.data.tile_job`, `srtn.runtime.shutdown_ray()`.
 - floor: the per-kept-tile floor in this one process: level-0 read, filters, LR x4/x8, 3 PNG encodes, Parquet.
 
 Every method uses srtn's own filter, LR and PNG functions (`tile_functions`), so all do the same work per tile.
@@ -214,9 +214,9 @@ def worker_raystart(args: argparse.Namespace) -> None:
     t, c = mark("import srtn.cli + config", t, c)
     import ray
 
-    from srtn.runtime import init_ray
+    from srtn.runtime import init_ray, shutdown_ray
 
-    init_ray()
+    init_ray(dashboard=False)  # as `srtn tile` starts it (srtn.data.per_item)
     t, c = mark("init_ray (local Ray start)", t, c)
 
     @ray.remote(num_cpus=1)
@@ -235,8 +235,8 @@ def worker_raystart(args: argparse.Namespace) -> None:
 
     in_worker = ray.get(imports.remote())
     t, c = mark("a worker's import srtn.data.tile_job (round trip)", t, c)
-    ray.shutdown()
-    mark("ray.shutdown", t, c)
+    shutdown_ray()  # as `srtn tile` stops it (srtn.cli)
+    mark("shutdown_ray", t, c)
     emit({"phases": phases, "cpu": cpu, "worker_import_s": in_worker, "slides": 0, "kept": 0})
 
 

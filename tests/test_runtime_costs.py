@@ -147,6 +147,56 @@ def test_a_data_job_on_an_instance_started_elsewhere_leaves_it_alone(tmp_path):
     assert out == {"rows": [{"x": 5}], "same": True, "here": False, "heads": []}
 
 
+def test_a_command_stops_the_ray_it_started_and_leaves_one_it_found(tmp_path):
+    """`srtn tile` on a fresh process: after main() returns Ray is disconnected and every head process its
+    instance had (monitor included, which Ray alone waits a second for) is gone, not left to Ray's exit hook;
+    the same command in a process where Ray was already up leaves it up."""
+    out = _run(
+        f"""
+        import json, os
+        import ray
+        import srtn.runtime
+        from srtn.cli import main
+        from srtn.synth.tcga import write_tcga_dataset
+
+        slides = {str(tmp_path / "slides")!r}
+        write_tcga_dataset(slides, slides=1, seed=0, width=1024, height=1024, fmt="svs")
+        heads = {{}}
+        real = srtn.runtime.shutdown_ray
+
+        def spy():
+            from ray._private import worker
+            for kind, infos in worker._global_node.all_processes.items():
+                heads.update({{kind: [i.process.pid for i in infos]}})
+            real()
+
+        srtn.runtime.shutdown_ray = spy
+        config = {str(ROOT / "configs/data/tcga_kirc_seed.yaml")!r}
+        args = ["tile", "--config", config, "--set", f"input={{slides}}", "--set", "max_tiles_per_slide=4"]
+        first = main([*args, "--set", "output={tmp_path / "a"}"])
+        up_after_first = ray.is_initialized()
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{{pid}}/stat") as fh:
+                    return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        left = sorted(kind for kind, pids in heads.items() if any(alive(p) for p in pids))
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        second = main([*args, "--set", "output={tmp_path / "b"}"])
+        print(json.dumps({{"codes": [first, second], "up_after_first": up_after_first, "kinds": sorted(heads),
+                          "left": left, "up_after_second": ray.is_initialized()}}))
+        """,
+        tmp_path,
+    )
+    assert out["codes"] == [0, 0]
+    assert out["up_after_first"] is False and "monitor" in out["kinds"] and "raylet" in out["kinds"]
+    assert out["left"] == []
+    assert out["up_after_second"] is True
+
+
 def test_a_stale_egg_info_first_on_the_path_does_not_change_what_is_shipped(tmp_path):
     """jobs/*.py put platform/ first on sys.path, where an old build may have left srtn.egg-info (no
     direct_url.json): the decision must be the same as without it, locally and for a cluster."""

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORWARDED_ENV", "init_ray", "started_here", "worker_runtime_env"]
+__all__ = ["FORWARDED_ENV", "init_ray", "shutdown_ray", "started_here", "worker_runtime_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +173,28 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
         node = ray.get_runtime_context().get_node_id()
         _STARTED.update(node=node, dashboard=bool(kwargs["include_dashboard"]), kwargs=given)
     quiet_ray_data()
+
+
+def shutdown_ray() -> None:
+    """Stop Ray now, rather than in Ray's exit hook, and without its slowest wait.
+
+    Ray's `atexit` hook sleeps 0.5 s first (for log lines still in flight), then stops each head process
+    with SIGTERM and up to 1 s each; the autoscaler monitor of a local instance never exits on SIGTERM, so
+    every command ended with a full second of waiting for it to be SIGKILLed (measured here: 1.35 s ->
+    0.35 s for `ray.shutdown`, 1.5 s off every command). The monitor of a local instance started here is
+    killed first (it holds no state: the GCS has the cluster's); then `ray.shutdown()` stops the rest as
+    usual. A cluster connection is only disconnected. Callers stop only what they started (`srtn.cli`).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    if started_here():
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = getattr(ray_worker, "_global_node", None)
+        for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+            info.process.kill()
+    ray.shutdown()
+    _STARTED.clear()

@@ -211,7 +211,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         if skipped:
             logger.warning("%s is x%d: %s not applicable (another scale)", p.name, p.scale, ", ".join(skipped))
     clock.lap("models")
-    init_ray()
+    init_ray(dashboard=False)  # scoring needs no dashboard (Ray Train is what needs one: init_ray)
     clock.lap("ray_start")
     per_image = score_datasets(cfg, models, [p for p in plans if p.models])
     clock.lap("scoring")

@@ -241,7 +241,7 @@ def model_pool(
     and the CPUs each slide task reserves; the actors are stopped after."""
     from srtn.runtime import init_ray
 
-    init_ray()
+    init_ray(dashboard=False)  # actors and tasks only: the dashboard is for Ray Train (init_ray)
     gpus = resolve_gpus(num_gpus)
     cpus = resolve_slide_cpus(cpus_per_slide, actors=actors, cpus_per_actor=cpus_per_actor, in_flight=in_flight)
     check_pool_fits(actors=actors, cpus_per_actor=cpus_per_actor, gpus=gpus, slides=cpus * in_flight)
