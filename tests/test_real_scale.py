@@ -3,6 +3,7 @@ in row groups, and region tasks over one slide giving the same tiles as one task
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
-from srtn.data.regions import next_regions
+from srtn.data.regions import next_regions, region_bounds
 from srtn.data.schema import decode_png
 from srtn.data.slides import mask_fraction, read_rgb, tile_grid, tissue_mask
 from srtn.data.tile_job import run_tiling
@@ -218,6 +219,21 @@ def test_next_regions_runs_waves_until_the_cap():
     assert [it["region"] for it in next_regions(items, half, 25)] == [3, 4, 5]
     assert next_regions(items, [result(0, 10), result(1, 10), result(2, 10)], 25) == []
     assert next_regions(items, [{"region": 0, "error": "boom"}], 25) == []
+
+
+@pytest.mark.parametrize(
+    ("candidates", "slots", "count"),
+    [(1576, 1, 4), (1576, 2, 4), (6534, 1, 13), (6534, 2, 14), (6534, 4, 16), (1576, 64, 4), (512, 2, 1)],
+)
+def test_region_bounds_cover_the_order_in_a_multiple_of_the_slots(candidates, slots, count):
+    """Equal contiguous chunks of at most region_tiles; more chunks than slots come in a multiple of the slots,
+    so the last round keeps every CPU busy (13 regions on 2 CPUs left one idle for a whole region)."""
+    bounds = region_bounds(candidates, 512, slots=slots)
+    assert len(bounds) == count
+    assert bounds[0][0] == 0 and bounds[-1][1] == candidates
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    sizes = [b - a for a, b in bounds]
+    assert max(sizes) <= 512 and max(sizes) - min(sizes) <= 1
 
 
 @pytest.fixture(scope="module")

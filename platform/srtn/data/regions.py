@@ -13,8 +13,8 @@ visits and counts only the visits before the last of them. So the tile set and t
 task's, and so are resume and the manifest: the slide is done when merged, failed if any region failed (its
 parts are deleted, nothing is published). Read errors count per region (`execution.max_read_errors`).
 
-Ray-free: the tiling job's slide task (`srtn.data.tile_job`) runs `process_region` as Ray tasks and merges;
-tests call these functions directly.
+Ray-free: the tiling job's slide task (`srtn.data.tile_job.run_region_tasks`) runs `process_region` as Ray
+tasks and for its own share in its process, then merges; tests call these functions directly.
 """
 
 from __future__ import annotations
@@ -38,9 +38,13 @@ from srtn.errors import SlideError
 __all__ = ["region_bounds", "needs_regions", "next_regions", "process_region", "merge_regions", "region_items"]
 
 
-def region_bounds(n_candidates: int, region_tiles: int) -> list[tuple[int, int]]:
-    """(start, stop) of about equal contiguous chunks of at most `region_tiles` candidates each."""
+def region_bounds(n_candidates: int, region_tiles: int, *, slots: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of about equal contiguous chunks of at most `region_tiles` candidates each; when there are
+    more chunks than `slots` (region tasks that can run at once), a multiple of `slots` of them, so the last
+    round of regions keeps every slot busy."""
     k = max(1, math.ceil(n_candidates / region_tiles))
+    if k > slots > 1:
+        k = math.ceil(k / slots) * slots
     edges = [round(i * n_candidates / k) for i in range(k + 1)]
     return list(itertools.pairwise(edges))
 
@@ -76,9 +80,11 @@ def next_regions(
     return wave
 
 
-def region_items(item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig) -> list[dict[str, Any]]:
-    """The work items of a slide's regions (small: uri, id and the candidate range)."""
-    bounds = region_bounds(len(plan.candidates), cfg.execution.region_tiles)
+def region_items(item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig, *, slots: int = 1) -> list[dict[str, Any]]:
+    """The work items of a slide's regions (small: uri, id and the candidate range). `slots` (region tasks
+    that can run at once) shapes a slide cut whole; under a cap, regions run in waves and keep their size."""
+    slots = slots if cfg.max_tiles_per_slide is None else 1
+    bounds = region_bounds(len(plan.candidates), cfg.execution.region_tiles, slots=slots)
     return [
         {"uri": item["uri"], "source_id": item["source_id"], "region": i, "regions": len(bounds), "start": a, "stop": b}
         for i, (a, b) in enumerate(bounds)

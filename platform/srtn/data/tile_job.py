@@ -3,7 +3,8 @@
 One Ray task per slide (never per tile): each task tiles its slide and publishes that slide's shard files
 (all splits or none) and then its status record, so memory does not grow with the number of slides and the
 driver only ever holds small status records. A slide larger than one region (`srtn.data.regions`) is cut by
-Ray tasks that its slide task launches and waits for (lending them its CPU), then merged by the slide task.
+Ray tasks that its slide task launches, and by the slide task itself (its share, `run_region_tasks`), then
+merged by the slide task.
 
 The folder is what `OUT/_manifest.json` says (`srtn.data.manifest`): before Ray starts, the input is listed
 (ids that cannot collide, `data.inputs`) and the output checked (writable, not a file); a slide is resumed
@@ -16,6 +17,7 @@ and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -116,23 +118,36 @@ def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, gr
 _REMOTE_REGION: dict[float, Any] = {}
 
 
+def region_slots(cfg: TileConfig) -> int:
+    """How many region tasks can run at once: the cluster's CPUs over a task's (1 without Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.execution.num_cpus_per_task))
+
+
 def run_region_tasks(items: list[Mapping[str, Any]], *, cfg: TileConfig, group: str) -> list[dict[str, Any]]:
-    """One wave of a slide's region tasks: Ray tasks when Ray is up (the slide task waiting for them in `ray.get`
-    lends them its CPU), else one after the other in this process (tests, Ray-free benchmarks)."""
+    """One wave of a slide's regions. With Ray up, the first ones go to Ray tasks and this slide task cuts its
+    share (the last `ceil(n / slots)`) itself: it holds a CPU and has everything imported, where waiting would
+    lend its CPU to a worker Ray must first start (0.75 s here, per large slide); then it waits for the Ray
+    tasks (lending its CPU to any still queued). Without Ray, all in this process, in order."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return [process_region(it, cfg=cfg, group=group) for it in items]
     cpus = cfg.execution.num_cpus_per_task
     if cpus not in _REMOTE_REGION:
         _REMOTE_REGION[cpus] = ray.remote(process_region).options(num_cpus=cpus)
-    cfg_ref = ray.put(cfg)
-    return ray.get([_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items])
+    split = len(items) - math.ceil(len(items) / region_slots(cfg))
+    cfg_ref = ray.put(cfg) if split else None
+    refs = [_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items[:split]]
+    own = [process_region(it, cfg=cfg, group=group) for it in items[split:]]
+    return ray.get(refs) + own
 
 
 def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
     """A slide larger than a region: its region tasks in waves (`regions.next_regions`), then their parts merged
     into its files (`regions.merge_regions`)."""
-    items, results = region_items(item, plan, cfg), []
+    items, results = region_items(item, plan, cfg, slots=region_slots(cfg)), []
     wave = next_regions(items, [], cfg.max_tiles_per_slide)
     while wave:
         results += run_region_tasks(wave, cfg=cfg, group=group)
