@@ -249,7 +249,7 @@ def check_kept(label: str, paths: list[Path], recs: list[dict[str, Any]], dumps:
     there, and the share of passing tiles each tissue mask excludes (srtn: not a candidate of its own plan)."""
     from srtn.config.base import load_config
     from srtn.config.tile import TileConfig
-    from srtn.data.tile_slide import open_and_plan, source_id_for
+    from srtn.data.tile_slide import opened, plan_slide, source_id_for
 
     base = next((dumps[m] for m in ("serial", "pool2") if m in dumps and dumps[m].exists()), None)
     if base is None:
@@ -265,7 +265,8 @@ def check_kept(label: str, paths: list[Path], recs: list[dict[str, Any]], dumps:
         if r["method"] == "srtn":
             excluded = 0
             for p in paths:
-                cands = set(open_and_plan(str(p), source_id=source_id_for(str(p)), cfg=cfg).candidates)
+                with opened(str(p)) as reader:
+                    cands = set(plan_slide(reader, source_id=source_id_for(str(p)), cfg=cfg).candidates)
                 excluded += len(passing.get(p.name, set()) - cands)
         else:
             rp = {k: {tuple(x) for x in v} for k, v in json.loads(dumps["ratiopath"].read_text()).items()}

@@ -251,7 +251,7 @@ def worker_floor(args: argparse.Namespace) -> None:
     from srtn.data.quality import downsample, rejection_reason
     from srtn.data.schema import encode_png
     from srtn.data.slides import read_rgb
-    from srtn.data.tile_slide import candidate_order, open_and_plan, source_id_for
+    from srtn.data.tile_slide import candidate_order, opened, plan_slide, source_id_for
 
     cfg = _load_cfg(args)
     thresholds = cfg.filters.thresholds()
@@ -269,7 +269,8 @@ def worker_floor(args: argparse.Namespace) -> None:
 
     for path in read_list(args.input):
         sid = source_id_for(str(path))
-        plan = open_and_plan(str(path), source_id=sid, cfg=cfg)
+        with opened(str(path)) as reader:
+            plan = plan_slide(reader, source_id=sid, cfg=cfg)
         with openslide.OpenSlide(str(path)) as slide:
             for x, y in candidate_order(plan.candidates, source_id=sid, seed=cfg.seed):
                 if len(rows["x"]) >= args.floor_tiles:
