@@ -20,11 +20,11 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
-from srtn.data.regions import next_regions, region_bounds
+from srtn.data.regions import RegionMerger, next_regions, process_region, region_bounds, region_items
 from srtn.data.schema import decode_png
 from srtn.data.slides import mask_fraction, read_rgb, tile_grid, tissue_mask
 from srtn.data.tile_job import run_tiling
-from srtn.data.tile_slide import tile_slide
+from srtn.data.tile_slide import opened, plan_slide, tile_slide
 from srtn.errors import ConfigError
 from srtn.pyramid import write_pyramid
 from srtn.synth import tcga_slide_specs
@@ -301,3 +301,65 @@ def test_a_failed_region_fails_the_slide_and_publishes_nothing(scans, tmp_path, 
     (record,) = read_manifest(str(cfg.output))["sources"]
     assert record["status"] == "failed" and "regions failed" in record["error"] and record["files"] == []
     assert [p.name for p in Path(cfg.output).rglob("*.parquet*")] == []
+
+
+def _region_results(slide: Path, cfg: TileConfig) -> tuple[list[dict], object]:
+    """Every region of `slide` cut in this process (Ray-free) into cfg.output's hidden parts, and its plan."""
+    with opened(str(slide)) as reader:
+        plan = plan_slide(reader, source_id="s", cfg=cfg)
+    items = region_items({"uri": str(slide), "source_id": "s"}, plan, cfg)
+    return [process_region(it, cfg=cfg, group="spatial") for it in items], plan
+
+
+def _published(output: Path) -> dict[str, list]:
+    return {
+        split: read_split_table(str(output), split, columns=["tile_id"]).column("tile_id").to_pylist()
+        for split in ("train", "val", "test")
+        if list(Path(output).glob(f"split={split}/*.parquet"))
+    }
+
+
+@pytest.mark.parametrize("cap", [None, 70])
+def test_region_merger_merges_in_region_order_whatever_order_results_arrive(scans, tmp_path, cap):
+    """Regions merged as they come in (the slide task merges the Ray tasks' results while it cuts its share):
+    arrival out of order gives the same files, rows in the same order, and the same record as all at once."""
+    extra = [f"max_tiles_per_slide={'null' if cap is None else cap}", "execution.region_tiles=20"]
+    records, files = [], []
+    for name, order in (("in_order", 1), ("reversed", -1)):
+        cfg = _cfg(tmp_path / name, *extra, inputs=[str(scans["x40"])])
+        results, plan = _region_results(scans["x40"], cfg)
+        assert len(results) >= 3
+        merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
+        for r in results[::order]:
+            merger.add(r)
+        record, _ = merger.finish()
+        records.append({k: record[k] for k in ("kept", "seen", "decoded", "rejected", "split_counts", "regions")})
+        files.append(_published(cfg.output))
+        assert [p.name for p in Path(cfg.output).rglob("*") if ".tmp-" in p.name] == []
+    assert records[0] == records[1] and files[0] == files[1]
+    assert sum(len(v) for v in files[0].values()) == records[0]["kept"] == (cap or records[0]["kept"])
+
+
+def test_a_part_that_cannot_be_merged_fails_the_write_and_leaves_nothing(scans, tmp_path, monkeypatch):
+    """The store refuses while a region is merged: finish() raises that error (a write failure, not a bad
+    slide), nothing is published and no part or temporary file stays behind."""
+    from srtn.data.shard_writer import SourceShardWriter
+
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
+               inputs=[str(scans["x40"])])  # fmt: skip
+    results, plan = _region_results(scans["x40"], cfg)
+    real, calls = SourceShardWriter.add_table, []
+
+    def refusing(self, split, table):
+        calls.append(split)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real(self, split, table)
+
+    monkeypatch.setattr(SourceShardWriter, "add_table", refusing)
+    merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
+    for r in results:
+        merger.add(r)
+    with pytest.raises(OSError, match="No space left"):
+        merger.finish()
+    assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []

@@ -19,6 +19,7 @@ tasks and for its own share in its process, then merges; tests call these functi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -31,11 +32,19 @@ from typing import Any
 from srtn import storage
 from srtn.config.tile import TileConfig
 from srtn.data.qc import TileMarks
-from srtn.data.shard_writer import SourceShardWriter, merge_parts
+from srtn.data.shard_writer import SourceShardWriter, append_part
 from srtn.data.tile_slide import SlidePlan, SlideResult, slide_record, tile_slide
 from srtn.errors import SlideError
 
-__all__ = ["region_bounds", "needs_regions", "next_regions", "process_region", "merge_regions", "region_items"]
+__all__ = [
+    "RegionMerger",
+    "merge_regions",
+    "needs_regions",
+    "next_regions",
+    "process_region",
+    "region_bounds",
+    "region_items",
+]
 
 
 def region_bounds(n_candidates: int, region_tiles: int, *, slots: int = 1) -> list[tuple[int, int]]:
@@ -116,45 +125,104 @@ def process_region(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> d
     return out
 
 
-def _discard_parts(results: Sequence[Mapping[str, Any]]) -> None:
-    for r in results:
-        for part in json.loads(r.get("parts") or "[]"):
-            storage.delete(part["uri"])
+class RegionMerger:
+    """A slide's region results merged in region order as they arrive: each region's parts are streamed into
+    the slide's (still unpublished) files as soon as every region before it is in, so on a wide machine the
+    merge of early regions overlaps the cutting of later ones instead of rewriting the whole slide after.
 
+    Under a cap it keeps the visits one task would have made (all, or up to the cap-th kept tile) and only
+    those rows of each part. A failed region fails the slide: later parts are deleted as they arrive and
+    `finish` raises `SlideError` with nothing published; a part that cannot be written makes `finish` raise
+    that error (the store's fault, not the slide's). Not thread-safe: one caller at a time."""
 
-def _first_visits(results: Sequence[Mapping[str, Any]], cap: int | None) -> tuple[list, dict[tuple[int, str], int]]:
-    """The visits one task would have made (all, or up to the cap-th kept tile) in order, and how many rows of
-    each (region, split) part they keep."""
-    visits, take, kept = [], Counter[tuple[int, str]](), 0
-    for r in results:
+    def __init__(self, local: str, source_id: str, *, cfg: TileConfig, plan: SlidePlan) -> None:
+        self.local, self.source_id, self.cfg, self.plan = local, source_id, cfg, plan
+        self._writer = SourceShardWriter(cfg.output, source_id, row_group_rows=cfg.execution.row_group_rows)
+        self._pending: dict[int, Mapping[str, Any]] = {}
+        self._next, self._added, self._kept = 0, 0, 0
+        self._visits: list[tuple[int, int, str, bool]] = []
+        self._errors: list[str] = []
+        self._broken: Exception | None = None  # a part could not be written into the slide's files
+
+    def add(self, result: Mapping[str, Any]) -> None:
+        """One region's result (`process_region`), in any order; merged once the regions before it are in."""
+        self._pending[int(result["region"])] = result
+        while self._next in self._pending:
+            self._merge(self._pending.pop(self._next))
+            self._next += 1
+
+    def _merge(self, r: Mapping[str, Any]) -> None:
+        self._added += 1
+        parts = json.loads(r.get("parts") or "[]")
+        if r.get("error"):
+            self._errors.append(f"region {r['region']}: {r['error']}")
+        take = self._take(r) if not (self._errors or self._broken) else {}
+        for part in parts:  # every part is deleted, merged or not
+            if self._errors or self._broken:
+                storage.delete(part["uri"])
+                continue
+            try:
+                append_part(self._writer, part, limit=take.get(part["split"], 0))
+            except Exception as exc:  # the store refused: finish() raises it, later parts are only deleted
+                self._broken = exc
+                with contextlib.suppress(Exception):
+                    storage.delete(part["uri"])
+
+    def _take(self, r: Mapping[str, Any]) -> dict[str, int]:
+        """How many rows of each of the region's parts the slide keeps (all, or up to the cap-th kept tile of
+        the slide's order), recording the visits one task would have made."""
+        cap, take = self.cfg.max_tiles_per_slide, Counter[str]()
         for x, y, label, is_kept in json.loads(r["visits"]):
-            if cap is not None and kept >= cap:
-                return visits, dict(take)
-            visits.append((int(x), int(y), str(label), bool(is_kept)))
+            if cap is not None and self._kept >= cap:
+                break
+            self._visits.append((int(x), int(y), str(label), bool(is_kept)))
             if is_kept:
-                take[(int(r["region"]), str(label))] += 1
-                kept += 1
-    return visits, dict(take)
+                take[str(label)] += 1
+                self._kept += 1
+        return dict(take)
+
+    def finish(self) -> tuple[dict[str, Any], SlideResult]:
+        """Publish the slide's files; returns (record, result for the QC picture). Raises `SlideError` when a
+        region failed or one never arrived (nothing published)."""
+        if self._pending and not self._errors:
+            self._errors.append(f"regions {sorted(self._pending)} came without region {self._next}")
+        if self._broken is not None:
+            self.discard()
+            raise self._broken
+        if self._errors:
+            self.discard()
+            n = self._added + len(self._pending)
+            raise SlideError(f"{len(self._errors)} of {n} regions failed, first: {self._errors[0]}", path=self.local)
+        visits = self._visits
+        marks = TileMarks.from_visits(round(self.plan.geometry.size0), visits)
+        counts: Counter[str] = Counter(label for _, _, label, is_kept in visits if not is_kept)
+        counts["decoded"] = sum(label != "read_error" for _, _, label, _ in visits)
+        files = self._writer.publish()
+        record = slide_record(self.plan, self.cfg, self.source_id, counts, len(marks.kept))
+        record |= {"regions": self._added, "split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
+        return record, SlideResult(record=record, marks=marks, mask=self.plan.mask)
+
+    def discard(self) -> None:
+        """Drop what was merged (temporary files) and the parts still waiting."""
+        self._writer.discard()
+        for r in self._pending.values():
+            for part in json.loads(r.get("parts") or "[]"):
+                storage.delete(part["uri"])
+        self._pending.clear()
 
 
 def merge_regions(
     local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig, plan: SlidePlan
 ) -> tuple[dict[str, Any], SlideResult]:
-    """Merge a slide's region results into its published files; returns (record, result for the QC picture).
-    Raises `SlideError` (after deleting every part) when a region failed."""
-    results = sorted(results, key=lambda r: int(r["region"]))
-    errors = [f"region {r['region']}: {r['error']}" for r in results if r.get("error")]
-    if errors:
-        _discard_parts(results)
-        raise SlideError(f"{len(errors)} of {len(results)} regions failed, first: {errors[0]}", path=local)
-    visits, take = _first_visits(results, cfg.max_tiles_per_slide)
-    marks = TileMarks.from_visits(round(plan.geometry.size0), visits)
-    counts: Counter[str] = Counter(label for _, _, label, is_kept in visits if not is_kept)
-    counts["decoded"] = sum(label != "read_error" for _, _, label, _ in visits)
-    parts = [
-        p | {"limit": take.get((int(r["region"]), p["split"]), 0)} for r in results for p in json.loads(r["parts"])
-    ]
-    files = merge_parts(cfg.output, source_id, parts, row_group_rows=cfg.execution.row_group_rows)
-    record = slide_record(plan, cfg, source_id, counts, len(marks.kept))
-    record |= {"regions": len(results), "split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
-    return record, SlideResult(record=record, marks=marks, mask=plan.mask)
+    """All of a slide's region results at once through a `RegionMerger`; returns (record, result for the QC
+    picture). Raises `SlideError` (after deleting every part) when a region failed."""
+    merger = RegionMerger(local, source_id, cfg=cfg, plan=plan)
+    try:
+        for r in results:
+            merger.add(r)
+        return merger.finish()
+    except SlideError:
+        raise
+    except BaseException:
+        merger.discard()
+        raise

@@ -33,6 +33,7 @@ from srtn.vocab import SPLITS
 
 __all__ = [
     "SourceShardWriter",
+    "append_part",
     "merge_parts",
     "write_source_files",
     "write_source_shards",
@@ -194,27 +195,36 @@ class SourceShardWriter:
             f.discard()
 
 
+def append_part(writer: SourceShardWriter, part: Mapping[str, Any], *, limit: int | None = None) -> None:
+    """Stream one region part (a `finish_parts` entry) into `writer`, one row group at a time, keeping its first
+    `limit` rows (all when None; a capped slide's last region keeps fewer), then delete the part."""
+    try:
+        left = part["rows"] if limit is None else limit
+        if left > 0:
+            fs, path = storage.resolve(part["uri"])
+            with fs.open_input_file(path) as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=writer.row_group_rows):
+                    batch = batch.slice(0, left)
+                    writer.add_table(part["split"], pa.Table.from_batches([batch], schema=FILE_SCHEMA))
+                    left -= batch.num_rows
+                    if left <= 0:
+                        break
+    finally:
+        with contextlib.suppress(Exception):
+            storage.delete(part["uri"])
+
+
 def merge_parts(
     output: str, source_id: str, parts: Iterable[Mapping[str, Any]], *, row_group_rows: int = 128
 ) -> list[dict[str, Any]]:
-    """Stream region parts (`finish_parts` entries, in region order) into the source's published files, one
-    row group at a time, then delete the parts. A part's `limit` keeps only its first rows (a capped slide's
-    last region). All or nothing, as `SourceShardWriter.publish`."""
+    """Stream region parts (`finish_parts` entries, in region order) into the source's published files, then
+    delete the parts. A part's `limit` keeps only its first rows. All or nothing, as
+    `SourceShardWriter.publish`."""
     parts = list(parts)
     try:
         with SourceShardWriter(output, source_id, row_group_rows=row_group_rows) as writer:
             for part in parts:
-                left = part.get("limit", part["rows"])
-                if left <= 0:
-                    continue
-                fs, path = storage.resolve(part["uri"])
-                with fs.open_input_file(path) as fh:
-                    for batch in pq.ParquetFile(fh).iter_batches(batch_size=row_group_rows):
-                        batch = batch.slice(0, left)
-                        writer.add_table(part["split"], pa.Table.from_batches([batch], schema=FILE_SCHEMA))
-                        left -= batch.num_rows
-                        if left <= 0:
-                            break
+                append_part(writer, part, limit=part.get("limit"))
             return writer.publish()
     finally:
         for part in parts:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +41,7 @@ from srtn.data.manifest import (
 from srtn.data.mpp import load_slide_mpp
 from srtn.data.qc import write_slide_qc
 from srtn.data.qc_index import write_qc_index
-from srtn.data.regions import merge_regions, needs_regions, next_regions, process_region, region_items
+from srtn.data.regions import RegionMerger, needs_regions, next_regions, process_region, region_items
 from srtn.data.shard_writer import SourceShardWriter
 from srtn.data.shards import existing_shards, remove_source_files
 from srtn.data.splits import site_groups
@@ -126,34 +127,72 @@ def region_slots(cfg: TileConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.execution.num_cpus_per_task))
 
 
-def run_region_tasks(items: list[Mapping[str, Any]], *, cfg: TileConfig, group: str) -> list[dict[str, Any]]:
-    """One wave of a slide's regions. With Ray up, the first ones go to Ray tasks and this slide task cuts its
-    share (the last `ceil(n / slots)`) itself: it holds a CPU and has everything imported, where waiting would
-    lend its CPU to a worker Ray must first start (0.75 s here, per large slide); then it waits for the Ray
-    tasks (lending its CPU to any still queued). Without Ray, all in this process, in order."""
+def run_region_tasks(
+    items: list[Mapping[str, Any]], *, cfg: TileConfig, group: str, merger: RegionMerger | None = None
+) -> list[dict[str, Any]]:
+    """One wave of a slide's regions; each result goes to `merger` in region order as soon as it is in.
+
+    With Ray up, the first regions go to Ray tasks and this slide task cuts its share (the last
+    `ceil(n / slots)`) itself: it holds a CPU and has everything imported, where waiting would lend its CPU to
+    a worker Ray must first start (0.75 s here, per large slide). Meanwhile a thread of this task merges the
+    Ray tasks' results in order as they finish, so the slide is not rewritten only after the last region.
+    Without Ray, all in this process, in order."""
+    merge = merger.add if merger is not None else (lambda r: None)
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
-        return [process_region(it, cfg=cfg, group=group) for it in items]
+        results = []
+        for it in items:
+            results.append(process_region(it, cfg=cfg, group=group))
+            merge(results[-1])
+        return results
     cpus = cfg.execution.num_cpus_per_task
     if cpus not in _REMOTE_REGION:
         _REMOTE_REGION[cpus] = ray.remote(process_region).options(num_cpus=cpus)
     split = len(items) - math.ceil(len(items) / region_slots(cfg))
     cfg_ref = ray.put(cfg) if split else None
     refs = [_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items[:split]]
-    own = [process_region(it, cfg=cfg, group=group) for it in items[split:]]
-    return ray.get(refs) + own
+    remote: list[dict[str, Any]] = []
+    failure: list[BaseException] = []
+
+    def merge_remote() -> None:
+        try:
+            for it, ref in zip(items, refs, strict=False):  # in region order, each merged as soon as it is in
+                try:
+                    remote.append(ray.get(ref))
+                except Exception as exc:  # its worker died (process_region itself never raises): a failed region
+                    remote.append({"source_id": it["source_id"], "region": int(it["region"]), "error": repr(exc)})
+                merge(remote[-1])
+        except BaseException as exc:  # re-raised in the slide task's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=merge_remote, name="srtn-region-merge", daemon=True)
+    thread.start()
+    try:
+        own = [process_region(it, cfg=cfg, group=group) for it in items[split:]]
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]
+    for r in own:
+        merge(r)
+    return remote + own
 
 
 def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
-    """A slide larger than a region: its region tasks in waves (`regions.next_regions`), then their parts merged
-    into its files (`regions.merge_regions`)."""
+    """A slide larger than a region: its regions in waves (`regions.next_regions`), each merged into its files as
+    it comes in (`regions.RegionMerger`), published once all are in."""
     items, results = region_items(item, plan, cfg, slots=region_slots(cfg)), []
-    wave = next_regions(items, [], cfg.max_tiles_per_slide)
-    while wave:
-        results += run_region_tasks(wave, cfg=cfg, group=group)
-        wave = next_regions(items, results, cfg.max_tiles_per_slide)
+    merger = RegionMerger(local, item["source_id"], cfg=cfg, plan=plan)
     try:
-        record, result = merge_regions(local, item["source_id"], results, cfg=cfg, plan=plan)
+        wave = next_regions(items, [], cfg.max_tiles_per_slide)
+        while wave:
+            results += run_region_tasks(wave, cfg=cfg, group=group, merger=merger)
+            wave = next_regions(items, results, cfg.max_tiles_per_slide)
+    except BaseException:
+        merger.discard()
+        raise
+    try:
+        record, result = merger.finish()
     except SlideError:
         raise
     except Exception as exc:  # the merge could not write: the store, not the slide, is at fault
