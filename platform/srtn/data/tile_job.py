@@ -156,7 +156,7 @@ def run_region_tasks(
 
     def merge_remote() -> None:
         try:
-            for it, ref in zip(items, refs, strict=False):  # in region order, each merged as soon as it is in
+            for it, ref in zip(items[:split], refs, strict=True):  # in region order, each merged once it is in
                 try:
                     remote.append(ray.get(ref))
                 except Exception as exc:  # its worker died (process_region itself never raises): a failed region
