@@ -122,31 +122,12 @@ def _command(method: str, inp: Path, out: Path, args: argparse.Namespace, cpus: 
     if method in ("srtn", "srtn-1cpu"):
         sets = [f"input={inp}", f"output={out}", *extra]
         return [str(SRTN), "tile", "--config", str(CONFIG), *(a for s in sets for a in ("--set", s))]
+    io = ["--input", str(inp), "--output", str(out), "--cpus", str(cpus)]
     if method == "ratiopath":
-        return [
-            str(args.ratiopath_python),
-            str(HERE / "tiling_ratiopath.py"),
-            "--input",
-            str(inp),
-            "--output",
-            str(out),
-            "--cpus",
-            str(cpus),
-        ]
+        return [str(args.ratiopath_python), str(HERE / "tiling_ratiopath.py"), *io]
     name = {"srtn-noray": "noray"}.get(method, method)
     sets = [a for s in extra for a in ("--set", s)]
-    return [
-        sys.executable,
-        str(HERE / "tiling_workers.py"),
-        name,
-        "--input",
-        str(inp),
-        "--output",
-        str(out),
-        "--cpus",
-        str(cpus),
-        *sets,
-    ]
+    return [sys.executable, str(HERE / "tiling_workers.py"), name, *io, *sets]
 
 
 def _pinned(cmd: list[str], args: argparse.Namespace) -> list[str]:

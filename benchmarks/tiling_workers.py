@@ -119,16 +119,18 @@ def _summary(per_slide: list[dict[str, Any]]) -> dict[str, Any]:
     return {"slides": len(per_slide)} | {k: sum(r[k] for r in per_slide) for k in keys}
 
 
+def _emit_loop(args: argparse.Namespace, per_slide: list[dict[str, Any]], t_ready: float, t_done: float) -> None:
+    """The original loop's result (serial or Pool): its passing sets dumped for the kept-set check, its summary."""
+    _dump_passing(args, per_slide)
+    passing = sum(len(r["passing"]) for r in per_slide)
+    emit(_summary(per_slide) | {"passing": passing, "t_ready": t_ready, "t_done": t_done})
+
+
 def worker_serial(args: argparse.Namespace) -> None:
     paths = read_list(args.input)
     t_ready = time.time()
     per_slide = [cut_original((str(p), args.output)) for p in paths]
-    t_done = time.time()
-    _dump_passing(args, per_slide)
-    emit(
-        _summary(per_slide)
-        | {"passing": sum(len(r["passing"]) for r in per_slide), "t_ready": t_ready, "t_done": t_done}
-    )
+    _emit_loop(args, per_slide, t_ready, time.time())
 
 
 def worker_pool2(args: argparse.Namespace) -> None:
@@ -138,12 +140,7 @@ def worker_pool2(args: argparse.Namespace) -> None:
     t_ready = time.time()
     with multiprocessing.Pool(args.cpus) as pool:
         per_slide = list(pool.imap_unordered(cut_original, [(str(p), args.output) for p in paths], chunksize=1))
-    t_done = time.time()
-    _dump_passing(args, per_slide)
-    emit(
-        _summary(per_slide)
-        | {"passing": sum(len(r["passing"]) for r in per_slide), "t_ready": t_ready, "t_done": t_done}
-    )
+    _emit_loop(args, per_slide, t_ready, time.time())
 
 
 # ------------------------------------------------------------------------------------- srtn, no Ray

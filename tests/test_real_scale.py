@@ -249,7 +249,7 @@ def test_region_parts_stream_to_s3_and_merge_into_one_file_per_split(s3_env, mon
     """The remote path of the streaming writer: parts uploaded under hidden keys, merged in region order into the
     published objects, no temporary key left; a failed merge publishes nothing."""
     from srtn.data.schema import empty_row
-    from srtn.data.shard_writer import SourceShardWriter, merge_parts
+    from srtn.data.shard_writer import SourceShardWriter, append_part
     from srtn.data.shards import rows_to_table
 
     for key, value in s3_env["env"].items():
@@ -266,7 +266,10 @@ def test_region_parts_stream_to_s3_and_merge_into_one_file_per_split(s3_env, mon
             for i in range(region * 10, region * 10 + 10):
                 w.add(row(i, "train" if i % 3 else "val"))
             parts += w.finish_parts()
-    files = merge_parts(out, "s", parts, row_group_rows=4)
+    with SourceShardWriter(out, "s", row_group_rows=4) as merged:  # as RegionMerger merges them
+        for part in parts:
+            append_part(merged, part)
+        files = merged.publish()
 
     def objects() -> set[str]:  # pyarrow leaves empty "folder/" markers where it deleted the last object
         listing = s3_env["client"].list_objects_v2(Bucket="shards", Prefix="out/").get("Contents", [])

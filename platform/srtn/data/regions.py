@@ -38,7 +38,6 @@ from srtn.errors import SlideError
 
 __all__ = [
     "RegionMerger",
-    "merge_regions",
     "needs_regions",
     "next_regions",
     "process_region",
@@ -209,20 +208,3 @@ class RegionMerger:
             for part in json.loads(r.get("parts") or "[]"):
                 storage.delete(part["uri"])
         self._pending.clear()
-
-
-def merge_regions(
-    local: str, source_id: str, results: Sequence[Mapping[str, Any]], *, cfg: TileConfig, plan: SlidePlan
-) -> tuple[dict[str, Any], SlideResult]:
-    """All of a slide's region results at once through a `RegionMerger`; returns (record, result for the QC
-    picture). Raises `SlideError` (after deleting every part) when a region failed."""
-    merger = RegionMerger(local, source_id, cfg=cfg, plan=plan)
-    try:
-        for r in results:
-            merger.add(r)
-        return merger.finish()
-    except SlideError:
-        raise
-    except BaseException:
-        merger.discard()
-        raise

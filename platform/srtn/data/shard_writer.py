@@ -9,7 +9,7 @@ output stream closed after an error would publish a truncated object). If anythi
 and every file the source had are removed: a failed source publishes nothing.
 
 Region tasks of one slide (`srtn.data.regions`) each write their part of every split the same way and
-`merge_parts` streams the parts, in region order, into the slide's files.
+`append_part` streams each part, in region order, into the slide's writer (`regions.RegionMerger`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from srtn.vocab import SPLITS
 __all__ = [
     "SourceShardWriter",
     "append_part",
-    "merge_parts",
     "write_source_files",
     "write_source_shards",
     "write_tile_table",
@@ -132,7 +131,7 @@ class _SplitFile:
 
 class SourceShardWriter:
     """Streams one source's rows into its split files. `publish()` renames them into place and returns their
-    manifest entries; `finish_parts()` (region tasks) leaves them under temporary names for `merge_parts`.
+    manifest entries; `finish_parts()` (region tasks) leaves them under temporary names for `append_part`.
     Use it as a context manager: leaving on an error discards everything written."""
 
     def __init__(self, output: str, source_id: str, *, row_group_rows: int = 128, part: str = "") -> None:
@@ -161,7 +160,7 @@ class SourceShardWriter:
         self._file(split).add_table(table)
 
     def finish_parts(self) -> list[dict[str, Any]]:
-        """Close every split file and leave it unpublished: `[{split, uri, rows}]` for `merge_parts`."""
+        """Close every split file and leave it unpublished: `[{split, uri, rows}]` for `append_part`."""
         try:
             for f in self._files.values():
                 f.finish()
@@ -212,24 +211,6 @@ def append_part(writer: SourceShardWriter, part: Mapping[str, Any], *, limit: in
     finally:
         with contextlib.suppress(Exception):
             storage.delete(part["uri"])
-
-
-def merge_parts(
-    output: str, source_id: str, parts: Iterable[Mapping[str, Any]], *, row_group_rows: int = 128
-) -> list[dict[str, Any]]:
-    """Stream region parts (`finish_parts` entries, in region order) into the source's published files, then
-    delete the parts. A part's `limit` keeps only its first rows. All or nothing, as
-    `SourceShardWriter.publish`."""
-    parts = list(parts)
-    try:
-        with SourceShardWriter(output, source_id, row_group_rows=row_group_rows) as writer:
-            for part in parts:
-                append_part(writer, part, limit=part.get("limit"))
-            return writer.publish()
-    finally:
-        for part in parts:
-            with contextlib.suppress(Exception):
-                storage.delete(part["uri"])
 
 
 def write_source_files(

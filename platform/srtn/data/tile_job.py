@@ -128,7 +128,12 @@ def region_slots(cfg: TileConfig) -> int:
 
 
 def run_region_tasks(
-    items: list[Mapping[str, Any]], *, cfg: TileConfig, group: str, merger: RegionMerger | None = None
+    items: list[Mapping[str, Any]],
+    *,
+    cfg: TileConfig,
+    group: str,
+    merger: RegionMerger | None = None,
+    slots: int | None = None,
 ) -> list[dict[str, Any]]:
     """One wave of a slide's regions; each result goes to `merger` in region order as soon as it is in.
 
@@ -136,7 +141,7 @@ def run_region_tasks(
     `ceil(n / slots)`) itself: it holds a CPU and has everything imported, where waiting would lend its CPU to
     a worker Ray must first start (0.75 s here, per large slide). Meanwhile a thread of this task merges the
     Ray tasks' results in order as they finish, so the slide is not rewritten only after the last region.
-    Without Ray, all in this process, in order."""
+    Without Ray, all in this process, in order. `slots`: `region_slots(cfg)` unless given."""
     merge = merger.add if merger is not None else (lambda r: None)
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
@@ -148,7 +153,7 @@ def run_region_tasks(
     cpus = cfg.execution.num_cpus_per_task
     if cpus not in _REMOTE_REGION:
         _REMOTE_REGION[cpus] = ray.remote(process_region).options(num_cpus=cpus)
-    split = len(items) - math.ceil(len(items) / region_slots(cfg))
+    split = len(items) - math.ceil(len(items) / (slots or region_slots(cfg)))
     cfg_ref = ray.put(cfg) if split else None
     refs = [_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items[:split]]
     remote: list[dict[str, Any]] = []
@@ -181,12 +186,13 @@ def run_region_tasks(
 def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
     """A slide larger than a region: its regions in waves (`regions.next_regions`), each merged into its files as
     it comes in (`regions.RegionMerger`), published once all are in."""
-    items, results = region_items(item, plan, cfg, slots=region_slots(cfg)), []
+    slots = region_slots(cfg)
+    items, results = region_items(item, plan, cfg, slots=slots), []
     merger = RegionMerger(local, item["source_id"], cfg=cfg, plan=plan)
     try:
         wave = next_regions(items, [], cfg.max_tiles_per_slide)
         while wave:
-            results += run_region_tasks(wave, cfg=cfg, group=group, merger=merger)
+            results += run_region_tasks(wave, cfg=cfg, group=group, merger=merger, slots=slots)
             wave = next_regions(items, results, cfg.max_tiles_per_slide)
     except BaseException:
         merger.discard()
