@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
+from srtn.data.region_tasks import run_region_tasks
 from srtn.data.regions import RegionMerger, next_regions, process_region, region_bounds, region_items
 from srtn.data.schema import decode_png
 from srtn.data.slides import mask_fraction, read_rgb, tile_grid, tissue_mask
@@ -365,4 +367,60 @@ def test_a_part_that_cannot_be_merged_fails_the_write_and_leaves_nothing(scans, 
         merger.add(r)
     with pytest.raises(OSError, match="No space left"):
         merger.finish()
+    assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []
+
+
+def test_region_tasks_on_ray_merge_the_same_slide_as_one_process(scans, tmp_path, ray_session):
+    """Regions handed out to Ray tasks and the slide task, whichever is free, and merged as they come in:
+    the same results (in region order), record and rows as every region cut and merged in this process."""
+    extra = ["max_tiles_per_slide=null", "execution.region_tiles=20"]
+    outcomes = []
+    for name in ("local", "ray"):
+        cfg = _cfg(tmp_path / name, *extra, inputs=[str(scans["x40"])])
+        with opened(str(scans["x40"])) as reader:
+            plan = plan_slide(reader, source_id="s", cfg=cfg)
+        merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
+        if name == "local":
+            results, _ = _region_results(scans["x40"], cfg)
+            for r in results:
+                merger.add(r)
+        else:  # two Ray tasks beside this one
+            items = region_items({"uri": str(scans["x40"]), "source_id": "s"}, plan, cfg)
+            results = run_region_tasks(items, cfg=cfg, group="spatial", merger=merger, slots=3)
+        record, _ = merger.finish()
+        keys = ("kept", "seen", "decoded", "rejected", "split_counts", "regions")
+        outcomes.append(([(r["region"], r["counts"]) for r in results], {k: record[k] for k in keys}))
+        outcomes[-1] += (_published(cfg.output),)
+        assert [p.name for p in Path(cfg.output).rglob("*") if ".tmp-" in p.name] == []
+    assert outcomes[0] == outcomes[1]
+    regions, record, _ = outcomes[1]
+    assert [r for r, _ in regions] == list(range(len(regions))) and len(regions) >= 3 and record["kept"] > 32
+
+
+def test_an_interrupted_wave_ends_its_threads_and_the_merger_leaves_nothing(scans, tmp_path, ray_session, monkeypatch):
+    """Ctrl-C while the slide task cuts one of its regions: no new region starts, the Ray tasks running finish,
+    the threads end (no hang) and the interrupt propagates; discarding the merger leaves no file behind."""
+    import threading
+
+    from srtn.data import region_tasks
+
+    driver, real = os.getpid(), region_tasks.process_region
+
+    def interrupted(item, **kwargs):  # the Ray tasks (other processes) cut as usual
+        if os.getpid() == driver:
+            raise KeyboardInterrupt
+        return real(item, **kwargs)
+
+    monkeypatch.setattr(region_tasks, "process_region", interrupted)
+    monkeypatch.setattr(region_tasks, "_REMOTE_REGION", {})
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
+               inputs=[str(scans["x40"])])  # fmt: skip
+    with opened(str(scans["x40"])) as reader:
+        plan = plan_slide(reader, source_id="s", cfg=cfg)
+    items = region_items({"uri": str(scans["x40"]), "source_id": "s"}, plan, cfg)
+    merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
+    with pytest.raises(KeyboardInterrupt):
+        run_region_tasks(items, cfg=cfg, group="spatial", merger=merger, slots=2)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("srtn-region")]
+    merger.discard()
     assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []

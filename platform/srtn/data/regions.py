@@ -13,8 +13,8 @@ visits and counts only the visits before the last of them. So the tile set and t
 task's, and so are resume and the manifest: the slide is done when merged, failed if any region failed (its
 parts are deleted, nothing is published). Read errors count per region (`execution.max_read_errors`).
 
-Ray-free: the tiling job's slide task (`srtn.data.tile_job.run_region_tasks`) runs `process_region` as Ray
-tasks and for its own share in its process, then merges; tests call these functions directly.
+Ray-free: the tiling job's slide task (`srtn.data.region_tasks.run_region_tasks`) runs `process_region` as Ray
+tasks and in its own process, and merges as results come in; tests call these functions directly.
 """
 
 from __future__ import annotations

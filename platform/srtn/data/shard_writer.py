@@ -97,11 +97,13 @@ class _SplitFile:
             self.rows += table.num_rows
             self._buffer = []
 
-    def finish(self) -> None:
-        """Close the file, hash it, and (S3) upload it to its temporary key."""
+    def finish(self, *, digest: bool = True) -> None:
+        """Close the file, hash it (`digest`: a region's part, merged then deleted, needs no hash), and (S3)
+        upload it to its temporary key."""
         self.flush()
         self._writer.close()
-        self.sha256, self.bytes = sha256_file(self.local)
+        if digest:
+            self.sha256, self.bytes = sha256_file(self.local)
         if self.remote:
             fs, path = storage.resolve(self.uri)
             with open(self.local, "rb") as src, fs.open_output_stream(path) as dst:
@@ -163,7 +165,7 @@ class SourceShardWriter:
         """Close every split file and leave it unpublished: `[{split, uri, rows}]` for `append_part`."""
         try:
             for f in self._files.values():
-                f.finish()
+                f.finish(digest=False)  # a part is merged, then deleted: only published files are hashed
         except BaseException:
             self.discard()
             raise

@@ -3,8 +3,8 @@
 One Ray task per slide (never per tile): each task tiles its slide and publishes that slide's shard files
 (all splits or none) and then its status record, so memory does not grow with the number of slides and the
 driver only ever holds small status records. A slide larger than one region (`srtn.data.regions`) is cut by
-Ray tasks that its slide task launches, and by the slide task itself (its share, `run_region_tasks`), then
-merged by the slide task.
+Ray tasks that its slide task launches and by the slide task itself, and merged by the slide task as they
+come in (`srtn.data.region_tasks`).
 
 The folder is what `OUT/_manifest.json` says (`srtn.data.manifest`): before Ray starts, the input is listed
 (ids that cannot collide, `data.inputs`) and the output checked (writable, not a file); a slide is resumed
@@ -17,9 +17,6 @@ and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when 
 from __future__ import annotations
 
 import logging
-import math
-import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +38,8 @@ from srtn.data.manifest import (
 from srtn.data.mpp import load_slide_mpp
 from srtn.data.qc import write_slide_qc
 from srtn.data.qc_index import write_qc_index
-from srtn.data.regions import RegionMerger, needs_regions, next_regions, process_region, region_items
+from srtn.data.region_tasks import region_slots, run_region_tasks
+from srtn.data.regions import RegionMerger, needs_regions, next_regions, region_items
 from srtn.data.shard_writer import SourceShardWriter
 from srtn.data.shards import existing_shards, remove_source_files
 from srtn.data.splits import site_groups
@@ -114,73 +112,6 @@ def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, gr
             raise _WriteError(exc) from exc
     record = result.record | {"split_counts": {f["split"]: f["rows"] for f in files}, "files": files}
     return _add_qc(record, cfg, reader.path, result)
-
-
-_REMOTE_REGION: dict[float, Any] = {}
-
-
-def region_slots(cfg: TileConfig) -> int:
-    """How many region tasks can run at once: the cluster's CPUs over a task's (1 without Ray)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return 1
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.execution.num_cpus_per_task))
-
-
-def run_region_tasks(
-    items: list[Mapping[str, Any]],
-    *,
-    cfg: TileConfig,
-    group: str,
-    merger: RegionMerger | None = None,
-    slots: int | None = None,
-) -> list[dict[str, Any]]:
-    """One wave of a slide's regions; each result goes to `merger` in region order as soon as it is in.
-
-    With Ray up, the first regions go to Ray tasks and this slide task cuts its share (the last
-    `ceil(n / slots)`) itself: it holds a CPU and has everything imported, where waiting would lend its CPU to
-    a worker Ray must first start (0.75 s here, per large slide). Meanwhile a thread of this task merges the
-    Ray tasks' results in order as they finish, so the slide is not rewritten only after the last region.
-    Without Ray, all in this process, in order. `slots`: `region_slots(cfg)` unless given."""
-    merge = merger.add if merger is not None else (lambda r: None)
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        results = []
-        for it in items:
-            results.append(process_region(it, cfg=cfg, group=group))
-            merge(results[-1])
-        return results
-    cpus = cfg.execution.num_cpus_per_task
-    if cpus not in _REMOTE_REGION:
-        _REMOTE_REGION[cpus] = ray.remote(process_region).options(num_cpus=cpus)
-    split = len(items) - math.ceil(len(items) / (slots or region_slots(cfg)))
-    cfg_ref = ray.put(cfg) if split else None
-    refs = [_REMOTE_REGION[cpus].remote(it, cfg=cfg_ref, group=group) for it in items[:split]]
-    remote: list[dict[str, Any]] = []
-    failure: list[BaseException] = []
-
-    def merge_remote() -> None:
-        try:
-            for it, ref in zip(items[:split], refs, strict=True):  # in region order, each merged once it is in
-                try:
-                    remote.append(ray.get(ref))
-                except Exception as exc:  # its worker died (process_region itself never raises): a failed region
-                    remote.append({"source_id": it["source_id"], "region": int(it["region"]), "error": repr(exc)})
-                merge(remote[-1])
-        except BaseException as exc:  # re-raised in the slide task's thread below
-            failure.append(exc)
-
-    thread = threading.Thread(target=merge_remote, name="srtn-region-merge", daemon=True)
-    thread.start()
-    try:
-        own = [process_region(it, cfg=cfg, group=group) for it in items[split:]]
-    finally:
-        thread.join()
-    if failure:
-        raise failure[0]
-    for r in own:
-        merge(r)
-    return remote + own
 
 
 def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
