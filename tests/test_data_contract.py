@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from shard_utils import assert_folder_is_manifest
 
 from srtn.config.base import load_config
 from srtn.config.breakhis import BreakHisConfig
@@ -29,7 +30,6 @@ from srtn.config.tile import TileConfig
 from srtn.data.breakhis.job import run_breakhis
 from srtn.data.inputs import list_inputs, slide_id
 from srtn.data.manifest import MANIFEST_NAME, listed_files, read_manifest
-from srtn.data.shards import safe_name
 from srtn.data.tile_job import run_tiling, tile_fingerprint
 from srtn.errors import ConfigError
 from srtn.synth import write_breakhis_tree, write_tcga_dataset
@@ -57,37 +57,6 @@ def _place(pool_slide: Path, inp: Path, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pool_slide, target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_folder_is_manifest(out: Path, *, source_column: str = "source_id") -> dict:
-    """The contract: the `*.parquet` files under `split=*/` are exactly the listed ones, each with its
-    recorded size, hash, row count, split and source; one status record per source; totals add up.
-    (`source_column`: the row column that names a file's source; BreakHis files are per patient: `group_id`.)"""
-    manifest = read_manifest(str(out))
-    listed = {f["path"]: f for f in manifest["files"]}
-    on_disk = {p.relative_to(out).as_posix(): p for p in out.glob("split=*/**/*") if p.is_file()}
-    assert set(on_disk) == set(listed), "files on disk differ from the manifest"
-    for path, entry in listed.items():
-        file = on_disk[path]
-        assert file.stat().st_size == entry["bytes"] and _sha256(file) == entry["sha256"], path
-        table = pq.read_table(file, columns=[source_column])
-        assert table.num_rows == entry["rows"], path
-        assert path.startswith(f"split={entry['split']}/"), path  # the split is the folder, not a column
-        assert set(table[source_column].to_pylist()) == {entry["source_id"]}, path
-    sources = manifest["sources"]
-    assert {p.stem for p in (out / "_status").glob("*.json")} == {safe_name(r["source_id"]) for r in sources}
-    for rec in sources:
-        own = sorted(f["path"] for f in manifest["files"] if f["source_id"] == rec["source_id"])
-        assert sorted(f["path"] for f in rec.get("files", [])) == own
-        assert rec["status"] == "done" or not own  # a failure publishes nothing
-        assert rec["fingerprint"] == manifest["fingerprint"]
-    assert sum(f["rows"] for f in manifest["files"]) == manifest["totals"]["kept"]
-    assert not (out / "manifest.json").exists()
-    return manifest
 
 
 def _rows(out: Path) -> dict[str, tuple]:

@@ -14,6 +14,7 @@ import openslide
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from shard_utils import assert_folder_is_manifest
 
 from srtn.config.base import load_config
 from srtn.config.tile import TileConfig
@@ -181,6 +182,7 @@ def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change
     assert split_record["regions"] >= 3 and split_record["kept"] == record["kept"]
     assert _tiles(many.output) == _tiles(one.output)
     assert split_record["split_counts"] == record["split_counts"]
+    assert_folder_is_manifest(Path(many.output))  # sizes and hashes, taken while merging, match the files
     leftovers = [p.name for p in Path(many.output).rglob("*") if p.is_file() and ".tmp-" in p.name]
     assert leftovers == []
     assert run_tiling(many) == 0  # resumed: nothing re-tiled
@@ -424,3 +426,35 @@ def test_an_interrupted_wave_ends_its_threads_and_the_merger_leaves_nothing(scan
     assert not [t.name for t in threading.enumerate() if t.name.startswith("srtn-region")]
     merger.discard()
     assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []
+
+
+def test_an_s3_slide_cut_by_regions_is_downloaded_once_on_its_node(scans, tmp_path, s3_env, ray_session, monkeypatch):
+    """Region tasks on the slide task's node read the copy it staged: one download of an `s3://` slide, not
+    one per region (a 3 GB slide in 14 regions was 42 GB of downloads); the tiles are the local file's, also
+    when the regions run as Ray tasks (counted Ray-free, where every region runs in this process)."""
+    from srtn import storage
+    from srtn.data import region_tasks
+    from srtn.data.tile_job import process_slide
+
+    for key, value in s3_env["env"].items():
+        monkeypatch.setenv(key, value)
+    s3_env["client"].upload_file(str(scans["x40"]), "shards", f"in/{scans['x40'].name}")
+    uri = f"s3://shards/in/{scans['x40'].name}"
+    real, downloads = storage.stage_local, []
+
+    def counted(u, **kwargs):
+        downloads.extend([u] if storage.is_remote(u) else [])
+        return real(u, **kwargs)
+
+    monkeypatch.setattr(storage, "stage_local", counted)
+    records, outputs = [], []
+    for name, src in (("local", str(scans["x40"])), ("ray", uri), ("here", uri)):
+        if name == "here":
+            monkeypatch.setattr(region_tasks, "_ray", lambda: None)
+            downloads.clear()
+        cfg = _cfg(tmp_path / name, "max_tiles_per_slide=null", "execution.region_tiles=20", inputs=[src])
+        records.append(process_slide({"uri": src, "source_id": "s"}, cfg=cfg, group="spatial"))
+        outputs.append(_tiles(cfg.output))
+    assert [r["status"] for r in records] == ["done"] * 3 and min(r["regions"] for r in records) >= 3
+    assert downloads == [uri]
+    assert outputs[0] == outputs[1] == outputs[2] and records[0]["kept"] == records[2]["kept"] > 32

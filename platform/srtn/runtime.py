@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORWARDED_ENV", "init_ray", "shutdown_ray", "started_here", "worker_runtime_env"]
+__all__ = ["FORWARDED_ENV", "current_node_id", "init_ray", "shutdown_ray", "started_here", "worker_runtime_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,14 @@ def worker_runtime_env(*, cluster: bool) -> dict[str, Any]:
         if forwarded:
             env["env_vars"] = forwarded
     return env
+
+
+def current_node_id() -> str | None:
+    """The Ray node this process runs on; None when not connected to Ray (never imports or starts it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def started_here() -> bool:

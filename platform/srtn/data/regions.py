@@ -23,10 +23,11 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from srtn import storage
@@ -35,6 +36,7 @@ from srtn.data.qc import TileMarks
 from srtn.data.shard_writer import SourceShardWriter, append_part
 from srtn.data.tile_slide import SlidePlan, SlideResult, slide_record, tile_slide
 from srtn.errors import SlideError
+from srtn.runtime import current_node_id
 
 __all__ = [
     "RegionMerger",
@@ -88,15 +90,33 @@ def next_regions(
     return wave
 
 
-def region_items(item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig, *, slots: int = 1) -> list[dict[str, Any]]:
+def region_items(
+    item: Mapping[str, Any], plan: SlidePlan, cfg: TileConfig, *, slots: int = 1, staged: str | None = None
+) -> list[dict[str, Any]]:
     """The work items of a slide's regions (small: uri, id and the candidate range). `slots` (region tasks
-    that can run at once) shapes a slide cut whole; under a cap, regions run in waves and keep their size."""
+    that can run at once) shapes a slide cut whole; under a cap, regions run in waves and keep their size.
+    `staged`: the slide task's local copy of a remote slide, which region tasks on its node read instead of
+    downloading the slide again."""
     slots = slots if cfg.max_tiles_per_slide is None else 1
     bounds = region_bounds(len(plan.candidates), cfg.execution.region_tiles, slots=slots)
+    where = {"staged": staged, "node": current_node_id()} if staged else {}
     return [
         {"uri": item["uri"], "source_id": item["source_id"], "region": i, "regions": len(bounds), "start": a, "stop": b}
+        | where
         for i, (a, b) in enumerate(bounds)
     ]
+
+
+@contextlib.contextmanager
+def _slide_copy(item: Mapping[str, Any]) -> Iterator[str]:
+    """A local path of the region's slide: the slide task's own staged copy when this task runs on its node
+    (an `s3://` slide is downloaded once per node, not once per region), else staged here."""
+    staged = item.get("staged")
+    if staged and item.get("node") == current_node_id() and os.path.isfile(staged):
+        yield staged
+        return
+    with storage.stage_local(item["uri"]) as local:
+        yield local
 
 
 def process_region(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
@@ -105,7 +125,7 @@ def process_region(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> d
     start = time.perf_counter()
     out: dict[str, Any] = {"source_id": item["source_id"], "region": int(item["region"]), "error": ""}
     try:
-        with storage.stage_local(item["uri"]) as local:
+        with _slide_copy(item) as local:
             part = f"r{int(item['region']):05d}"
             with SourceShardWriter(
                 cfg.output, item["source_id"], row_group_rows=cfg.execution.row_group_rows, part=part

@@ -118,7 +118,8 @@ def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: T
     """A slide larger than a region: its regions in waves (`regions.next_regions`), each merged into its files as
     it comes in (`regions.RegionMerger`), published once all are in."""
     slots = region_slots(cfg)
-    items, results = region_items(item, plan, cfg, slots=slots), []
+    staged = local if storage.is_remote(item["uri"]) else None  # this task's copy, for region tasks on its node
+    items, results = region_items(item, plan, cfg, slots=slots, staged=staged), []
     merger = RegionMerger(local, item["source_id"], cfg=cfg, plan=plan)
     try:
         wave = next_regions(items, [], cfg.max_tiles_per_slide)
