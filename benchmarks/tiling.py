@@ -18,7 +18,9 @@ Cases (`--only` picks some; estimates are for the full run on 2 idle CPUs, slide
   aperio    32 Aperio-like slides 20000x15000: all five methods                                  ~12 min
   count     8 / 32 / 128 small slides 8192x8192: srtn, srtn-noray, pool2 (serial, ratiopath at 32)  ~10 min
   size      4 Aperio-like slides of 8k / 20k / 40k: srtn vs pool2                                 ~4 min
-  whole     one 20k and one 40k slide cut whole (`max_tiles_per_slide: null`), Ray on 1 vs 2 CPUs ~3 min
+  whole     one 20k and one 40k slide cut whole (`max_tiles_per_slide: null`) on 2 cores vs 1 core  ~4 min
+            (srtn-1cpu: the process tree pinned to one core, Ray told 1 CPU); srtn-1slot, Ray told 1 CPU
+            on 2 cores, is the measure of earlier runs (Ray's processes and the merge thread had a core free)
   memory    peak PSS of whole-slide extraction, 20k vs 40k slide (reuses whole's 2-CPU runs)     -
 
 Every round runs a case's methods in a rotating order (`--repeats`), after reading every slide file once
@@ -119,7 +121,7 @@ def _env(args: argparse.Namespace, cpus: int) -> dict[str, str]:
 
 
 def _command(method: str, inp: Path, out: Path, args: argparse.Namespace, cpus: int, extra: list[str]) -> list[str]:
-    if method in ("srtn", "srtn-1cpu"):
+    if method in ("srtn", "srtn-1cpu", "srtn-1slot"):
         sets = [f"input={inp}", f"output={out}", *extra]
         return [str(SRTN), "tile", "--config", str(CONFIG), *(a for s in sets for a in ("--set", s))]
     io = ["--input", str(inp), "--output", str(out), "--cpus", str(cpus)]
@@ -130,9 +132,10 @@ def _command(method: str, inp: Path, out: Path, args: argparse.Namespace, cpus: 
     return [sys.executable, str(HERE / "tiling_workers.py"), name, *io, *sets]
 
 
-def _pinned(cmd: list[str], args: argparse.Namespace) -> list[str]:
-    if (os.cpu_count() or 1) > args.cpus and shutil.which("taskset"):
-        return ["taskset", "-c", f"0-{args.cpus - 1}", *cmd]
+def _pinned(cmd: list[str], cores: int) -> list[str]:
+    """`cmd` on the first `cores` cores (its whole process tree: Ray's processes inherit the affinity)."""
+    if (os.cpu_count() or 1) > cores and shutil.which("taskset"):
+        return ["taskset", "-c", f"0-{cores - 1}", *cmd]
     return cmd
 
 
@@ -162,7 +165,8 @@ def run_one(
         flush=True,
     )
     load0, t_spawn = os.getloadavg()[0], time.time()
-    m = run_measured(_pinned(cmd, args), env=_env(args, cpus), timeout=args.timeout)
+    cores = args.cpus if method == "srtn-1slot" else cpus  # srtn-1slot: Ray told 1 CPU, the machine's cores
+    m = run_measured(_pinned(cmd, cores), env=_env(args, cpus), timeout=args.timeout)
     r: dict[str, Any] = {"case": case, "set": label, "method": method, "rep": rep, "cpus": cpus, "slides": n}
     r |= {
         "wall_s": m.wall_s,
@@ -345,11 +349,11 @@ def case_whole(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any])
         run_methods(
             "whole",
             s,
-            ["srtn", "srtn-1cpu"],
+            ["srtn", "srtn-1cpu", "srtn-1slot"],
             args,
             res,
-            extra={"srtn": sets, "srtn-1cpu": sets},
-            cpus={"srtn-1cpu": 1},
+            extra={"srtn": sets, "srtn-1cpu": sets, "srtn-1slot": sets},
+            cpus={"srtn-1cpu": 1, "srtn-1slot": 1},
         )
 
 
