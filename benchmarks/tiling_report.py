@@ -22,6 +22,9 @@ GOALS = {  # issue 16, "What it must show" 2
 METHODS = ("srtn", "srtn-noray", "pool2", "serial", "ratiopath")
 
 
+ONE_TWO = ("srtn-1cpu", "srtn")  # the whole case's 1-core and 2-core runs
+
+
 def runs_of(runs: list[dict[str, Any]], case: str, label: str, method: str) -> list[dict[str, Any]]:
     return [r for r in runs if (r["case"], r["set"], r["method"]) == (case, label, method) and "failed" not in r]
 
@@ -216,8 +219,12 @@ def goals(res: dict[str, Any]) -> list[list[str]]:
             if one and two:
                 name = "(info) Ray told 1 CPU on 2 cores vs 2 CPUs (earlier runs' measure)"
                 out.append([name, f"{one / two:.2f}", "", "info"])
+        task = [[sum(r.get("task_seconds") or [0]) for r in runs_of(runs, "whole", w, m)] for m in ONE_TWO]
+        if w and all(task):
+            v = statistics.median(task[0]) / statistics.median(task[1])
+            out.append(["(info) the slide task alone (its record's seconds), 2 cores vs 1", f"{v:.2f}", "", "info"])
         if w and fixed is not None:
-            one, two = (median_of(runs_of(runs, "whole", w, m), "wall_s") for m in ("srtn-1cpu", "srtn"))
+            one, two = (median_of(runs_of(runs, "whole", w, m), "wall_s") for m in ONE_TWO)
             if one and two and two > fixed:
                 v = (one - fixed) / (two - fixed)
                 name = f"(info) the same without Ray's fixed {fixed:.1f} s (wall - probe)"
