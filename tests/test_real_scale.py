@@ -293,21 +293,49 @@ def test_region_parts_stream_to_s3_and_merge_into_one_file_per_split(s3_env, mon
     assert objects() == set()  # the source's earlier files are withdrawn too: a failed source publishes nothing
 
 
+def _broken_copy(slide: Path, tmp_path: Path) -> Path:
+    """`slide` with zeroes over part of its level-0 tile data (deflate streams), a third into the file."""
+    broken = tmp_path / "in" / slide.name
+    broken.parent.mkdir()
+    data = bytearray(slide.read_bytes())
+    start = len(data) // 3
+    data[start : start + 200_000] = bytes(200_000)
+    broken.write_bytes(bytes(data))
+    return broken
+
+
 def test_a_failed_region_fails_the_slide_and_publishes_nothing(scans, tmp_path, ray_session):
     """Garbage in part of level 0's tile data: the region that reads it gives up (max_read_errors 1), so the
     slide is failed with the region's reason and none of the other regions' parts is published or left."""
-    broken = tmp_path / "in" / scans["x40"].name
-    broken.parent.mkdir()
-    data = bytearray(scans["x40"].read_bytes())
-    start = len(data) // 3
-    data[start : start + 200_000] = bytes(200_000)  # zeroes over level-0 tiles (deflate streams)
-    broken.write_bytes(bytes(data))
+    broken = _broken_copy(scans["x40"], tmp_path)
     cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
                "execution.max_read_errors=1", inputs=[str(broken)])  # fmt: skip
     assert run_tiling(cfg) == 1
     (record,) = read_manifest(str(cfg.output))["sources"]
     assert record["status"] == "failed" and "regions failed" in record["error"] and record["files"] == []
     assert [p.name for p in Path(cfg.output).rglob("*.parquet*")] == []
+
+
+def test_no_region_is_cut_after_a_failed_one(scans, tmp_path, monkeypatch):
+    """The slide fails with its first failed region, so the regions after it are not cut (a corrupt gigapixel
+    slide costs the regions up to the bad one, not all of them), and nothing is left behind."""
+    from srtn.data import region_tasks
+    from srtn.errors import SlideError
+
+    monkeypatch.setattr(region_tasks, "_ray", lambda: None)  # in this process, in order
+    broken = _broken_copy(scans["x40"], tmp_path)
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
+               "execution.max_read_errors=1", inputs=[str(broken)])  # fmt: skip
+    with opened(str(broken)) as reader:
+        plan = plan_slide(reader, source_id="s", cfg=cfg)
+    items = region_items({"uri": str(broken), "source_id": "s"}, plan, cfg)
+    merger = RegionMerger(str(broken), "s", cfg=cfg, plan=plan)
+    results = run_region_tasks(items, cfg=cfg, group="spatial", merger=merger)
+    assert [bool(r["error"]) for r in results] == [False] * (len(results) - 1) + [True]
+    assert len(results) < len(items)
+    with pytest.raises(SlideError, match="regions failed"):
+        merger.finish()
+    assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []
 
 
 def _region_results(slide: Path, cfg: TileConfig) -> tuple[list[dict], object]:

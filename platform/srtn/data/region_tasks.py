@@ -86,6 +86,8 @@ class _Wave:
         try:
             while len(self.results) < self.n and (r := self.done.get()) is not None:
                 self.results.append(r)
+                if r.get("error"):  # the slide fails with it: no region starts after a failed one
+                    self.stop.set()
                 self.merge(r)
         except BaseException as exc:
             self._fail(exc)
@@ -100,7 +102,8 @@ def run_region_tasks(
     slots: int | None = None,
 ) -> list[dict[str, Any]]:
     """One wave of a slide's regions (see the module docstring); each result goes to `merger` as soon as it
-    is in. `slots`: `region_slots(cfg)` unless given. Returns the results in region order."""
+    is in. `slots`: `region_slots(cfg)` unless given. Returns the results in region order; after a failed
+    region (the slide fails with it) no other region starts."""
     merge = merger.add if merger is not None else (lambda r: None)
     ray = _ray()
     if ray is None:
@@ -108,6 +111,8 @@ def run_region_tasks(
         for it in items:
             results.append(process_region(it, cfg=cfg, group=group))
             merge(results[-1])
+            if results[-1].get("error"):  # the slide fails with it: the regions after it are not cut
+                break
         return results
     cpus = cfg.execution.num_cpus_per_task
     if cpus not in _REMOTE_REGION:
