@@ -22,18 +22,13 @@ Two things every Ray worker must share with the driver, wherever it runs:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import logging
 import os
 import site
 import sys
 import sysconfig
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -138,26 +133,6 @@ def started_here() -> bool:
     return bool(_STARTED) and ray.is_initialized() and _STARTED["node"] == ray.get_runtime_context().get_node_id()
 
 
-@contextmanager
-def _importing_ray_data() -> Iterator[None]:
-    """Import Ray Data in a thread while the body runs: `ray.init` mostly waits for Ray's processes to start
-    (about 3 s, the driver's CPU nearly idle), and every caller imports Ray Data right after it
-    (`quiet_ray_data`): 0.4 s off the critical path. A failed import here is only retried there."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            importlib.import_module("ray.data")
-
-    thread = threading.Thread(target=load, name="srtn-import-ray-data", daemon=True)
-    if "ray.data" not in sys.modules:
-        thread.start()
-    try:
-        yield
-    finally:
-        if thread.is_alive():
-            thread.join()
-
-
 def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
@@ -202,8 +177,7 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
             merged["env_vars"] = extra["env_vars"] | given_env["env_vars"]
         kwargs["runtime_env"] = merged
         logger.info("Ray workers get %s", {k: (sorted(v) if k == "env_vars" else v) for k, v in extra.items()})
-    with _importing_ray_data():
-        ray.init(**kwargs)
+    ray.init(**kwargs)
     if not cluster:
         node = ray.get_runtime_context().get_node_id()
         _STARTED.update(node=node, dashboard=bool(kwargs["include_dashboard"]), kwargs=given)
