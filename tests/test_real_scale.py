@@ -322,7 +322,7 @@ def test_no_region_is_cut_after_a_failed_one(scans, tmp_path, monkeypatch):
     from srtn.data import region_tasks
     from srtn.errors import SlideError
 
-    monkeypatch.setattr(region_tasks, "_ray", lambda: None)  # in this process, in order
+    monkeypatch.setattr(region_tasks, "connected_ray", lambda: None)  # in this process, in order
     broken = _broken_copy(scans["x40"], tmp_path)
     cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20",
                "execution.max_read_errors=1", inputs=[str(broken)])  # fmt: skip
@@ -478,7 +478,7 @@ def test_an_s3_slide_cut_by_regions_is_downloaded_once_on_its_node(scans, tmp_pa
     records, outputs = [], []
     for name, src in (("local", str(scans["x40"])), ("ray", uri), ("here", uri)):
         if name == "here":
-            monkeypatch.setattr(region_tasks, "_ray", lambda: None)
+            monkeypatch.setattr(region_tasks, "connected_ray", lambda: None)
             downloads.clear()
         cfg = _cfg(tmp_path / name, "max_tiles_per_slide=null", "execution.region_tiles=20", inputs=[src])
         records.append(process_slide({"uri": src, "source_id": "s"}, cfg=cfg, group="spatial"))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from srtn import runtime
 from srtn.errors import SrtnError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -231,19 +232,13 @@ def run_config_command(name: str, args: argparse.Namespace) -> int:
     return int(run(config) or 0)
 
 
-def _ray_connected() -> bool:
-    """Without importing Ray (commands that need none never pay for it)."""
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from srtn.console import configure
 
     parser = build_parser()
     args = parser.parse_args(argv)
     configure(verbose=args.verbose)
-    ray_was_up = _ray_connected()
+    ray_was_up = runtime.connected_ray() is not None
     try:
         if args.command in COMMANDS:
             return run_config_command(args.command, args)
@@ -255,10 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"srtn {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        if not ray_was_up and _ray_connected():  # what this command started, this command stops
-            from srtn.runtime import shutdown_ray
-
-            shutdown_ray()
+        if not ray_was_up and runtime.connected_ray() is not None:  # what this command started, this command stops
+            runtime.shutdown_ray()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORWARDED_ENV", "current_node_id", "init_ray", "shutdown_ray", "started_here", "worker_runtime_env"]
+__all__ = [
+    "FORWARDED_ENV",
+    "connected_ray",
+    "current_node_id",
+    "init_ray",
+    "shutdown_ray",
+    "started_here",
+    "worker_runtime_env",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +125,17 @@ def worker_runtime_env(*, cluster: bool) -> dict[str, Any]:
     return env
 
 
-def current_node_id() -> str | None:
-    """The Ray node this process runs on; None when not connected to Ray (never imports or starts it)."""
+def connected_ray() -> Any:
+    """The `ray` module when this process is connected to Ray, else None; never imports or starts Ray (a
+    command or a Ray-free caller that needs none never pays for it)."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    return ray.get_runtime_context().get_node_id()
+    return ray if ray is not None and ray.is_initialized() else None
+
+
+def current_node_id() -> str | None:
+    """The Ray node this process runs on; None when not connected to Ray."""
+    ray = connected_ray()
+    return None if ray is None else ray.get_runtime_context().get_node_id()
 
 
 def started_here() -> bool:

@@ -16,28 +16,22 @@ from __future__ import annotations
 
 import collections
 import queue
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from srtn.config.tile import TileConfig
 from srtn.data.regions import RegionMerger, process_region
+from srtn.runtime import connected_ray
 
 __all__ = ["region_slots", "run_region_tasks"]
 
 _REMOTE_REGION: dict[float, Any] = {}  # process_region as a Ray task, per CPUs a task asks
 
 
-def _ray() -> Any:
-    """The `ray` module when this process is connected to Ray, else None (never imports Ray)."""
-    ray = sys.modules.get("ray")
-    return ray if ray is not None and ray.is_initialized() else None
-
-
 def region_slots(cfg: TileConfig) -> int:
     """How many region tasks can run at once: the cluster's CPUs over a task's (1 without Ray)."""
-    ray = _ray()
+    ray = connected_ray()
     if ray is None:
         return 1
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.execution.num_cpus_per_task))
@@ -105,7 +99,7 @@ def run_region_tasks(
     is in. `slots`: `region_slots(cfg)` unless given. Returns the results in region order; after a failed
     region (the slide fails with it) no other region starts."""
     merge = merger.add if merger is not None else (lambda r: None)
-    ray = _ray()
+    ray = connected_ray()
     if ray is None:
         results = []
         for it in items:
