@@ -6,6 +6,9 @@ the seed filters of configs/data/tcga_kirc_seed.yaml, LR x4/x8 Lanczos, PNG; see
   srtn        `srtn tile --config configs/data/tcga_kirc_seed.yaml` as a user runs it (the CLI in a subprocess,
               Ray start-up and shutdown INCLUDED); its fixed costs are measured apart by the `raystart` probe.
   srtn-noray  srtn's own per-slide work (`srtn.data.tile_job.process_slide`) in a multiprocessing.Pool(cpus).
+  srtn-empty  `srtn tile` as srtn runs it, but every slide's work replaced by nothing (a worker's import of the
+              tiling code and the status record): Ray's floor around the slides. With srtn-noray it bounds what
+              srtn / srtn-noray can reach with Ray in the loop (the report's "limit" rows).
   pool2       the original-style loop (every level-0 tile decoded) over the slides in a multiprocessing.Pool(cpus).
   serial      the same loop in one process (the original scripts).
   ratiopath   ratiopath's current documented mask-first Ray Data pipeline (benchmarks/tiling_ratiopath.py), in
@@ -15,8 +18,9 @@ Cases (`--only` picks some; estimates are for the full run on 2 idle CPUs, slide
 
   raystart  srtn's fixed costs, a fresh process per round                                       ~0.5 min
   floor     per-kept-tile floor in one process, small and Aperio-like slides                     ~0.5 min
-  aperio    32 Aperio-like slides 20000x15000: all five methods                                  ~12 min
-  count     8 / 32 / 128 small slides 8192x8192: srtn, srtn-noray, pool2 (serial, ratiopath at 32)  ~10 min
+  aperio    32 Aperio-like slides 20000x15000: all five methods and srtn-empty                   ~12 min
+  count     8 / 32 / 128 small slides 8192x8192: srtn, srtn-noray, srtn-empty, pool2 (serial, ratiopath
+            at 32)                                                                               ~16 min
   size      4 Aperio-like slides of 8k / 20k / 40k: srtn vs pool2                                 ~4 min
   whole     one 20k and one 40k slide cut whole (`max_tiles_per_slide: null`) on 2 cores vs 1 core  ~4 min
             (srtn-1cpu: the process tree pinned to one core, Ray told 1 CPU); srtn-1slot, Ray told 1 CPU
@@ -127,7 +131,7 @@ def _command(method: str, inp: Path, out: Path, args: argparse.Namespace, cpus: 
     io = ["--input", str(inp), "--output", str(out), "--cpus", str(cpus)]
     if method == "ratiopath":
         return [str(args.ratiopath_python), str(HERE / "tiling_ratiopath.py"), *io]
-    name = {"srtn-noray": "noray"}.get(method, method)
+    name = {"srtn-noray": "noray", "srtn-empty": "empty"}.get(method, method)
     sets = [a for s in extra for a in ("--set", s)]
     return [sys.executable, str(HERE / "tiling_workers.py"), name, *io, *sets]
 
@@ -184,7 +188,11 @@ def run_one(
     r |= {k: v for k, v in res.items() if not k.startswith("t_")}
     if "t_ready" in res:
         r |= {"startup_s": res["t_ready"] - t_spawn, "work_s": res["t_done"] - res["t_ready"]}
-    if method.startswith("srtn") and method != "srtn-noray":
+    if "t_first_item" in res:  # srtn-empty: when its first item ran, how long all ran, what came after the last
+        r["first_item_s"] = res["t_first_item"] - t_spawn
+        r["items_span_s"] = res["t_last_item"] - res["t_first_item"]
+        r["tail_s"] = m.wall_s - (res["t_last_item"] - t_spawn)
+    if method.startswith("srtn") and method not in ("srtn-noray", "srtn-empty"):
         r |= _srtn_outcome(out)
     if method in ("srtn", "ratiopath") and dump is not None:
         r["kept_set"] = _kept_set(out, method)
@@ -315,7 +323,8 @@ def run_methods(
 
 def case_aperio(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any]) -> None:
     res["sets"]["aperio_main"] = p["aperio"].label()
-    run_methods("aperio", p["aperio"], ["serial", "pool2", "ratiopath", "srtn-noray", "srtn"], args, res, check=True)
+    methods = ["serial", "pool2", "ratiopath", "srtn-noray", "srtn", "srtn-empty"]
+    run_methods("aperio", p["aperio"], methods, args, res, check=True)
 
 
 def case_count(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any]) -> None:
@@ -323,7 +332,7 @@ def case_count(args: argparse.Namespace, p: dict[str, Any], res: dict[str, Any])
         main = s.n == p["small_main"]
         if main:
             res["sets"]["small_main"] = s.label()
-        methods = ["srtn", "srtn-noray", "pool2"] + (["serial", "ratiopath"] if main else [])
+        methods = ["srtn", "srtn-noray", "srtn-empty", "pool2"] + (["serial", "ratiopath"] if main else [])
         run_methods("count", s, methods, args, res, check=main)
 
 

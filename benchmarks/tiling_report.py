@@ -128,6 +128,60 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
     return markdown_table(head, rows)
 
 
+def ray_limit(runs: list[dict[str, Any]], case: str, label: str, cpus: int) -> dict[str, float] | None:
+    """The most srtn / srtn-noray can be with Ray in the loop, from srtn-empty (Ray's floor: `srtn tile` with
+    nothing to cut) and srtn-noray (the work) of the same set; medians over rounds. srtn's wall is at least
+    - serial: srtn-empty's time to its first item + srtn-noray's work (its Pool's span) + srtn-empty's time after
+      its last item (no slide can start before a worker has one; the work takes at least what it takes in a Pool);
+    - CPU: (srtn-noray's per-slide CPU, its pool processes, + srtn-empty's whole tree) / cpus.
+    Both assume Ray's workers cut as fast as the Pool's; the limit is srtn-noray's wall over the larger bound."""
+    empty, noray = runs_of(runs, case, label, "srtn-empty"), runs_of(runs, case, label, "srtn-noray")
+    if not empty or not noray or median_of(noray, "work_s") is None:
+        return None
+    first, tail = median_of(empty, "first_item_s"), median_of(empty, "tail_s")
+    work, noray_wall = median_of(noray, "work_s"), median_of(noray, "wall_s")
+    pool_cpu = statistics.median(r["cpu_s"] - r["cpu_roles"].get("root", 0.0) for r in noray)
+    serial = first + work + tail
+    cpu = (pool_cpu + median_of(empty, "cpu_s")) / cpus
+    return {
+        "empty_wall": median_of(empty, "wall_s"),
+        "empty_cpu": median_of(empty, "cpu_s"),
+        "first": first,
+        "span": median_of(empty, "items_span_s"),
+        "tail": tail,
+        "serial": serial,
+        "cpu": cpu,
+        "limit": noray_wall / max(serial, cpu),
+    }
+
+
+def _limit_table(runs: list[dict[str, Any]], cpus: int) -> str:
+    labels = sorted({r["set"] for r in runs if r["method"] == "srtn-empty"}, key=lambda x: (x.split()[-1], x))
+    rows = []
+    for label in labels:
+        case = next(r["case"] for r in runs if r["method"] == "srtn-empty" and r["set"] == label)
+        lim = ray_limit(runs, case, label, cpus)
+        if lim is None:
+            continue
+        s, n = (median_of(runs_of(runs, case, label, m), "wall_s") for m in ("srtn", "srtn-noray"))
+        share = n / s if s and n else None
+        rows.append(
+            [
+                label,
+                f"{lim['empty_wall']:.1f}",
+                f"{lim['empty_cpu']:.1f}",
+                f"{lim['first']:.1f}",
+                f"{lim['span']:.2f}",
+                f"{lim['tail']:.1f}",
+                f"{lim['serial']:.1f} / {lim['cpu']:.1f}",
+                f"{lim['limit']:.2f}",
+                "-" if share is None else f"{share:.2f} = {share / lim['limit']:.0%} of it",
+            ]
+        )
+    head = ["slides", "srtn-empty wall s", "its CPU-s", "first item at s", "items took s", "after last s"]
+    return markdown_table([*head, "srtn >= s (serial / CPU)", "limit", "srtn / srtn-noray"], rows) if rows else ""
+
+
 def _raystart_table(runs: list[dict[str, Any]]) -> str:
     rs = [r for r in runs if r["method"] == "raystart" and "failed" not in r]
     if not rs:
@@ -209,8 +263,12 @@ def goals(res: dict[str, Any]) -> list[list[str]]:
     ratio_row("srtn vs ratiopath, Aperio-like", "aperio", ap, "ratiopath", "srtn", GOALS["aperio_ratiopath"])
     ratio_row("srtn vs pool2, small", "count", sm, "pool2", "srtn", GOALS["small_pool2"])
     ratio_row("srtn vs ratiopath, small", "count", sm, "ratiopath", "srtn", GOALS["small_ratiopath"])
-    ratio_row("srtn end to end / srtn-noray (speed)", "aperio", ap, "srtn-noray", "srtn", GOALS["noray_share"])
-    ratio_row("srtn end to end / srtn-noray (speed)", "count", sm, "srtn-noray", "srtn", GOALS["noray_share"])
+    for case, label in (("aperio", ap), ("count", sm)):
+        ratio_row("srtn end to end / srtn-noray (speed)", case, label, "srtn-noray", "srtn", GOALS["noray_share"])
+        lim = ray_limit(runs, case, label, res["args"]["cpus"]) if label else None
+        if lim is not None:
+            name = "(limit) the most it can be with Ray in the loop (srtn-empty, see Ray's floor)"
+            out.append([name, f"{lim['limit']:.2f}", "", "info"])
     fixed = _probe_fixed(runs)
     for w in (sets.get("whole"), sets.get("whole_large")):
         ratio_row("whole slide, 2 cores vs 1", "whole", w, "srtn-1cpu", "srtn", GOALS["whole_cpus"])
@@ -286,6 +344,15 @@ def render(res: dict[str, Any]) -> str:
         ]
     if res.get("checks"):
         out += ["\n### Kept sets against the serial loop's passing set\n", _checks_table(res["checks"])]
+    table = _limit_table(runs, cpus)
+    if table:
+        out += [
+            "\n### Ray's floor: `srtn tile` with nothing to cut (srtn-empty), and the limit it sets\n",
+            "srtn >= the larger of srtn-empty's time to its first item + srtn-noray's work + srtn-empty's time "
+            "after its last item, and (srtn-noray's pool CPU + srtn-empty's CPU) / CPUs; the limit on srtn / "
+            "srtn-noray is srtn-noray's wall over that bound.\n",
+            table,
+        ]
     table = _raystart_table(runs)
     if table:
         out += ["\n### srtn's fixed costs (`raystart` probe, a fresh process each round)\n", table]

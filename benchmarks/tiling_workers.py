@@ -1,6 +1,6 @@
 """Worker processes of the tiling benchmark (the project's venv); each prints one `BENCH_RESULT {json}` line.
 
-    python benchmarks/tiling_workers.py serial|pool2|noray|raystart|floor --input LIST --output DIR [--cpus N]
+    python benchmarks/tiling_workers.py serial|pool2|noray|raystart|floor|empty --input LIST --output DIR [--cpus N]
 
 - serial: the original scripts' loop, done competently: per slide read EVERY level-0 256x256 tile with OpenSlide
   (`srtn.data.slides.read_rgb`), apply the seed filters, keep a seeded uniform sample of 100 passing tiles
@@ -12,6 +12,9 @@
 - raystart: srtn's fixed costs one by one: `import srtn.cli` + config, `srtn.runtime.init_ray()`, the first task
   on every CPU (worker start), a worker's `import srtn.data.tile_job`, `srtn.runtime.shutdown_ray()`.
 - floor: the per-kept-tile floor in this one process: level-0 read, filters, LR x4/x8, 3 PNG encodes, Parquet.
+- empty: `srtn tile` itself (`srtn.cli.main`, Ray started and stopped as a user's run does) with each slide's
+  work replaced by nothing but what frames it (a worker's `import srtn.data.tile_job`, the status record):
+  Ray's floor around the slides at this slide count. Reports when the first and the last empty item ran.
 
 Every method uses srtn's own filter, LR and PNG functions (`tile_functions`), so all do the same work per tile.
 """
@@ -237,6 +240,34 @@ def worker_raystart(args: argparse.Namespace) -> None:
     emit({"phases": phases, "cpu": cpu, "worker_import_s": in_worker, "slides": 0, "kept": 0})
 
 
+# ------------------------------------------------------------------------- srtn with nothing to cut
+def _empty_slide(item: dict[str, str], *, cfg: Any, group: str) -> dict[str, Any]:
+    """A slide task that cuts nothing: a worker's import of the tiling code and the status record, no more.
+    (This file runs as `__main__`, so Ray pickles the function by value: workers need not import it.)"""
+    start = time.time()
+    from srtn.data.manifest import write_status
+    from srtn.data.tile_job import tile_fingerprint
+
+    record = {"source_id": item["source_id"], "status": "done", "kept": 0, "seen": 0, "files": [], "split_counts": {}}
+    record |= {"uri": item["uri"], "path": item["uri"], "fingerprint": tile_fingerprint(cfg, group), "seconds": 0.0}
+    write_status(cfg.output, record)
+    return record | {"t_start": start, "t_end": time.time()}
+
+
+def worker_empty(args: argparse.Namespace) -> None:
+    import srtn.data.tile_job as tile_job
+    from srtn.cli import main as srtn_main
+
+    tile_job.process_slide = _empty_slide  # what `tile_dataset` maps over the slides
+    sets = [f"input={args.input}", f"output={args.output}", *args.set]
+    code = srtn_main(["tile", "--config", str(CONFIG), *(a for s in sets for a in ("--set", s))])
+    if code != 0:
+        raise SystemExit(f"srtn tile with empty slides exited {code}")
+    sources = json.loads((Path(args.output) / "_manifest.json").read_text())["sources"]
+    starts, ends = [s["t_start"] for s in sources], [s["t_end"] for s in sources]
+    emit({"slides": len(sources), "kept": 0, "t_first_item": min(starts), "t_last_item": max(ends)})
+
+
 # ------------------------------------------------------------------------------ per-kept-tile floor
 def worker_floor(args: argparse.Namespace) -> None:
     """Per kept tile, in one process: level-0 read, filters, LR x4/x8, 3 PNG encodes, and its share of one
@@ -313,6 +344,7 @@ WORKERS = {
     "noray": worker_noray,
     "raystart": worker_raystart,
     "floor": worker_floor,
+    "empty": worker_empty,
 }
 
 
