@@ -3,6 +3,7 @@ in row groups, and region tasks over one slide giving the same tiles as one task
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
+from srtn.data.region_progress import RegionProgress, teller
 from srtn.data.region_tasks import run_region_tasks
 from srtn.data.regions import RegionMerger, next_regions, process_region, region_bounds, region_items
 from srtn.data.schema import decode_png
@@ -164,10 +166,13 @@ def _tiles(output: Path) -> dict[str, tuple[int, int]]:
     return {r["tile_id"]: (r["x"], r["y"]) for r in rows}
 
 
-def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change_nothing(scans, tmp_path, ray_session):
+def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change_nothing(
+    scans, tmp_path, ray_session, capsys
+):
     inputs = [str(scans["x40"])]
     one = _cfg(tmp_path / "one", "max_tiles_per_slide=null", "execution.row_group_rows=16", inputs=inputs)
     assert run_tiling(one) == 0
+    assert "regions:" not in capsys.readouterr().err  # one task: no region bar
     (record,) = read_manifest(str(one.output))["sources"]
     passing = _independent_passing(scans["x40"], one)
     assert record["kept"] == len(passing) > 32 and "regions" not in record
@@ -180,6 +185,9 @@ def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change
     assert run_tiling(many) == 0
     (split_record,) = read_manifest(str(many.output))["sources"]
     assert split_record["regions"] >= 3 and split_record["kept"] == record["kept"]
+    err, n = capsys.readouterr().err, split_record["regions"]
+    bar = err[err.rindex("regions:") :].splitlines()[0].split("\r")[0]  # the region bar's last state
+    assert bar.startswith("regions: 100%") and f"{n}/{n}" in bar and f"{record['kept']} tiles kept" in bar
     assert _tiles(many.output) == _tiles(one.output)
     assert split_record["split_counts"] == record["split_counts"]
     assert_folder_is_manifest(Path(many.output))  # sizes and hashes, taken while merging, match the files
@@ -364,10 +372,18 @@ def test_region_merger_merges_in_region_order_whatever_order_results_arrive(scan
         cfg = _cfg(tmp_path / name, *extra, inputs=[str(scans["x40"])])
         results, plan = _region_results(scans["x40"], cfg)
         assert len(results) >= 3
-        merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
+        told = RegionProgress()
+        tell = teller(told, "s")
+        tell("started", len(results))
+        merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan, on_merge=functools.partial(tell, "merged"))
+        seen = []
         for r in results[::order]:
             merger.add(r)
+            seen.append(told.snapshot()["merged"])
         record, _ = merger.finish()
+        # the driver's region bar: nothing merged until region 0 is in; at the end every region, the slide's tiles
+        assert seen == (list(range(1, len(results) + 1)) if order == 1 else [0] * (len(results) - 1) + [len(results)])
+        assert told.snapshot() == {"slides": 1, "merged": len(results), "regions": len(results), "kept": record["kept"]}
         records.append({k: record[k] for k in ("kept", "seen", "decoded", "rejected", "split_counts", "regions")})
         files.append(_published(cfg.output))
         assert [p.name for p in Path(cfg.output).rglob("*") if ".tmp-" in p.name] == []

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "LOG_LEVEL_ENV",
+    "bar",
     "configure",
     "is_verbose",
     "progress",
@@ -128,14 +129,14 @@ def stage(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def progress(items: Iterable[T], *, total: int | None, desc: str, unit: str) -> Iterator[T]:
-    """A progress bar over `items` on stderr (tqdm): redrawn in place on a terminal, a line every 30 s in a log
-    file (a submitted job's logs), hidden for a single item."""
+def bar(*, total: int | None, desc: str, unit: str, disable: bool = False, iterable: Iterable[T] | None = None) -> Any:
+    """A progress bar on stderr (tqdm), advanced by `update(n)` or by iterating it: redrawn in place on a
+    terminal, a line every 30 s in a log file (a submitted job's logs)."""
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    yield from tqdm(
-        items,
+    return tqdm(
+        iterable,
         total=total,
         desc=desc,
         unit=unit,
@@ -143,6 +144,11 @@ def progress(items: Iterable[T], *, total: int | None, desc: str, unit: str) -> 
         dynamic_ncols=interactive,
         ncols=None if interactive else 100,
         mininterval=0.5 if interactive else 30.0,
-        disable=total is not None and total <= 1,
+        disable=disable,
         leave=True,
     )
+
+
+def progress(items: Iterable[T], *, total: int | None, desc: str, unit: str) -> Iterator[T]:
+    """A progress bar over `items` (`bar`), hidden for a single item."""
+    yield from bar(iterable=items, total=total, desc=desc, unit=unit, disable=total is not None and total <= 1)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["map_items"]
+__all__ = ["map_items", "start_ray_for"]
 
 _WARMED: set[str] = set()  # local instances (node ids) whose workers a map_items call here has warmed
 
@@ -69,6 +69,20 @@ def _warm_workers(fn: Callable[..., Any]) -> None:
         task.remote(modules)
 
 
+def start_ray_for(fn: Callable[..., Any]) -> None:
+    """Ray as `map_items(fn, ...)` needs it: `init_ray` (without its dashboard if this starts it) and, on a local
+    instance started here, its workers warmed for `fn` once. `map_items` calls it; a caller that starts actors
+    of its own calls it first, so that they do not take the prestarted workers (see the module docstring)."""
+    import ray
+
+    from srtn.runtime import init_ray, started_here
+
+    init_ray(dashboard=False)
+    if started_here() and ray.get_runtime_context().get_node_id() not in _WARMED:
+        _WARMED.add(ray.get_runtime_context().get_node_id())
+        _warm_workers(fn)
+
+
 def map_items(
     fn: Callable[..., dict[str, Any]],
     items: Sequence[dict[str, Any]],
@@ -81,15 +95,9 @@ def map_items(
 ) -> list[dict[str, Any]]:
     """`fn(item, **fn_kwargs)` for every item, one Ray Data task each (Ray started by `init_ray`, without
     its dashboard if this starts it), under a progress bar that advances as each item's result arrives."""
-    import ray
-
     from srtn.console import progress
-    from srtn.runtime import init_ray, started_here
 
-    init_ray(dashboard=False)
-    if started_here() and ray.get_runtime_context().get_node_id() not in _WARMED:
-        _WARMED.add(ray.get_runtime_context().get_node_id())
-        _warm_workers(fn)
+    start_ray_for(fn)
     import ray.data
 
     with _without_reservation():

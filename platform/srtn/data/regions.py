@@ -27,7 +27,7 @@ import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from srtn import storage
@@ -45,6 +45,7 @@ __all__ = [
     "process_region",
     "region_bounds",
     "region_items",
+    "regions_possible",
 ]
 
 
@@ -59,10 +60,15 @@ def region_bounds(n_candidates: int, region_tiles: int, *, slots: int = 1) -> li
     return list(itertools.pairwise(edges))
 
 
+def regions_possible(cfg: TileConfig) -> bool:
+    """True when this config cuts some slides by regions: slides cut whole, or with a cap larger than one region."""
+    cap = cfg.max_tiles_per_slide
+    return cap is None or cap > cfg.execution.region_tiles
+
+
 def needs_regions(plan: SlidePlan, cfg: TileConfig) -> bool:
     """A slide whose candidates exceed one region, cut whole or with a cap larger than one region."""
-    cap, region = cfg.max_tiles_per_slide, cfg.execution.region_tiles
-    return len(plan.candidates) > region and (cap is None or cap > region)
+    return len(plan.candidates) > cfg.execution.region_tiles and regions_possible(cfg)
 
 
 def next_regions(
@@ -154,8 +160,17 @@ class RegionMerger:
     `finish` raises `SlideError` with nothing published; a part that cannot be written makes `finish` raise
     that error (the store's fault, not the slide's). Not thread-safe: one caller at a time."""
 
-    def __init__(self, local: str, source_id: str, *, cfg: TileConfig, plan: SlidePlan) -> None:
+    def __init__(
+        self,
+        local: str,
+        source_id: str,
+        *,
+        cfg: TileConfig,
+        plan: SlidePlan,
+        on_merge: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.local, self.source_id, self.cfg, self.plan = local, source_id, cfg, plan
+        self.on_merge = on_merge  # (regions merged, tiles kept) after each merge, e.g. for the driver's bar
         self._writer = SourceShardWriter(cfg.output, source_id, row_group_rows=cfg.execution.row_group_rows)
         self._pending: dict[int, Mapping[str, Any]] = {}
         self._next, self._added, self._kept = 0, 0, 0
@@ -166,9 +181,12 @@ class RegionMerger:
     def add(self, result: Mapping[str, Any]) -> None:
         """One region's result (`process_region`), in any order; merged once the regions before it are in."""
         self._pending[int(result["region"])] = result
+        merged = self._next
         while self._next in self._pending:
             self._merge(self._pending.pop(self._next))
             self._next += 1
+        if self.on_merge is not None and self._next > merged:
+            self.on_merge(self._added, self._kept)
 
     def _merge(self, r: Mapping[str, Any]) -> None:
         self._added += 1

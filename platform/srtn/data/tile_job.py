@@ -16,6 +16,7 @@ and the manifest written. Exit codes: 2 bad arguments (before any work), 1 when 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from srtn.data.manifest import (
 from srtn.data.mpp import load_slide_mpp
 from srtn.data.qc import write_slide_qc
 from srtn.data.qc_index import write_qc_index
+from srtn.data.region_progress import region_progress, teller
 from srtn.data.region_tasks import region_slots, run_region_tasks
 from srtn.data.regions import RegionMerger, needs_regions, next_regions, region_items
 from srtn.data.shard_writer import SourceShardWriter
@@ -114,13 +116,18 @@ def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, gr
     return _add_qc(record, cfg, reader.path, result)
 
 
-def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str) -> dict:
+def _cut_by_regions(
+    item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str, progress: Any = None
+) -> dict:
     """A slide larger than a region: its regions in waves (`regions.next_regions`), each merged into its files as
-    it comes in (`regions.RegionMerger`), published once all are in."""
+    it comes in (`regions.RegionMerger`), published once all are in; `progress` (the driver's region bar,
+    `srtn.data.region_progress`) is told as they are merged."""
     slots = region_slots(cfg)
     staged = local if storage.is_remote(item["uri"]) else None  # this task's copy, for region tasks on its node
     items, results = region_items(item, plan, cfg, slots=slots, staged=staged), []
-    merger = RegionMerger(local, item["source_id"], cfg=cfg, plan=plan)
+    tell = teller(progress, item["source_id"])
+    tell("started", len(items))
+    merger = RegionMerger(local, item["source_id"], cfg=cfg, plan=plan, on_merge=functools.partial(tell, "merged"))
     try:
         wave = next_regions(items, [], cfg.max_tiles_per_slide)
         while wave:
@@ -129,6 +136,8 @@ def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: T
     except BaseException:
         merger.discard()
         raise
+    finally:
+        tell("finished", wait=True)  # counted before the slide's record reaches the driver
     try:
         record, result = merger.finish()
     except SlideError:
@@ -138,7 +147,7 @@ def _cut_by_regions(item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: T
     return _add_qc(record, cfg, local, result)
 
 
-def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> dict[str, Any]:
+def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str, progress: Any) -> dict[str, Any]:
     uri, source_id = item["uri"], item["source_id"]
     try:
         with storage.stage_local(uri) as local:
@@ -147,7 +156,7 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> d
                     plan = plan_slide(reader, source_id=source_id, cfg=cfg)
                     if not needs_regions(plan, cfg):
                         return _cut_and_publish(reader, plan, source_id, cfg, group)
-                return _cut_by_regions(item, local, plan, cfg, group)
+                return _cut_by_regions(item, local, plan, cfg, group, progress)
             except SlideError as exc:
                 return _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
     except _WriteError as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
@@ -158,12 +167,13 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str) -> d
         return _failed(cfg.output, source_id, f"{type(exc).__name__}: {exc}")
 
 
-def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> dict[str, Any]:
+def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str, progress: Any = None) -> dict[str, Any]:
     """Tile one slide (by region tasks when it is larger than a region), publish its shards, then its status
-    record; never raises for a bad slide or a bad write (both become a `failed` record)."""
+    record; never raises for a bad slide or a bad write (both become a `failed` record). `progress`: the
+    driver's region bar (`srtn.data.region_progress`), told how the slide's regions go."""
     uri, source_id = item["uri"], item["source_id"]
     start = time.perf_counter()
-    record = _tile_and_publish(item, cfg, group)
+    record = _tile_and_publish(item, cfg, group, progress)
     record |= {"uri": uri, "path": uri, "fingerprint": tile_fingerprint(cfg, group)}
     record["seconds"] = round(time.perf_counter() - start, 3)
     try:
@@ -176,18 +186,21 @@ def process_slide(item: Mapping[str, Any], *, cfg: TileConfig, group: str) -> di
 
 def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> list[dict[str, Any]]:
     """Run `process_slide` over `todo` with Ray Data, one task per slide (a large slide's task fans out its
-    region tasks, `srtn.data.regions`); returns the records."""
-    from srtn.data.per_item import map_items
+    region tasks, `srtn.data.regions`, under a bar of their own, `srtn.data.region_progress`); returns the
+    records."""
+    from srtn.data.per_item import map_items, start_ray_for
 
-    return map_items(
-        process_slide,
-        todo,
-        fn_kwargs={"cfg": cfg, "group": group},
-        num_cpus=cfg.execution.num_cpus_per_task,
-        concurrency=cfg.execution.concurrency,
-        desc="tiling",
-        unit="slide",
-    )
+    start_ray_for(process_slide)  # before the progress actor, which must not take a warmed worker
+    with region_progress(cfg) as progress:
+        return map_items(
+            process_slide,
+            todo,
+            fn_kwargs={"cfg": cfg, "group": group, "progress": progress},
+            num_cpus=cfg.execution.num_cpus_per_task,
+            concurrency=cfg.execution.concurrency,
+            desc="tiling",
+            unit="slide",
+        )
 
 
 def exit_code(records: list[Mapping[str, Any]], *, strict: bool, what: str = "slides") -> int:
