@@ -129,20 +129,29 @@ def stage(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
+def _columns(stream: Any) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def bar(*, total: int | None, desc: str, unit: str, disable: bool = False, iterable: Iterable[T] | None = None) -> Any:
     """A progress bar on stderr (tqdm), advanced by `update(n)` or by iterating it: redrawn in place on a
     terminal, a line every 30 s in a log file (a submitted job's logs)."""
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
+    sized = interactive and _columns(sys.stderr) > 0  # a pseudo-terminal of width 0 (`script`, some CI) drew nothing
     return tqdm(
         iterable,
         total=total,
         desc=desc,
         unit=unit,
         file=sys.stderr,
-        dynamic_ncols=interactive,
-        ncols=None if interactive else 100,
+        dynamic_ncols=sized,
+        ncols=None if sized else 100,
+        nrows=None if sized else 20,  # tqdm hides bars below a screen height it reads as 0
         mininterval=0.5 if interactive else 30.0,
         disable=disable,
         leave=True,
