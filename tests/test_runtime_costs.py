@@ -53,10 +53,10 @@ def _run(code: str, tmp_path: Path) -> dict:
 
 
 def test_a_data_job_starts_ray_without_dashboard_and_runs_items_in_prestarted_workers(tmp_path):
-    """map_items starting Ray: no dashboard head processes; every item ran in a worker started no later
-    than any other worker (Ray prestarts one per CPU; without the warm-up Ray Data's internal actors took
-    those and the items waited for workers started after them); the items' workers had no torch or
-    MLflow."""
+    """map_items starting Ray: no dashboard head processes, not even Ray's API server; every item ran in a
+    worker started no later than any other worker (Ray prestarts one per CPU; without the warm-up Ray Data's
+    internal actors took those and the items waited for workers started after them); the items' workers had
+    no torch or MLflow."""
     out = _run(
         """
         import json, sys
@@ -76,14 +76,20 @@ def test_a_data_job_starts_ray_without_dashboard_and_runs_items_in_prestarted_wo
         workers = {pid: (s, c) for pid, (s, c) in tree().items()
                    if c.startswith("ray::") and not c.startswith(agents)}
         others = [s for pid, (s, c) in workers.items() if pid not in {r["pid"] for r in rows}]
+        from ray._private import node as ray_node, services, worker
+        kinds = sorted(k for k, infos in worker._global_node.all_processes.items() if infos)
+        ours = [f.__module__ for f in (services.get_node, ray_node.Node.start_api_server)]
         print(json.dumps({"rows": rows, "others": others, "heads": dashboard_heads(),
-                          "cpus": ray.cluster_resources()["CPU"]}))
+                          "cpus": ray.cluster_resources()["CPU"], "kinds": kinds, "ours": ours}))
         """,
         tmp_path,
     )
     rows = out["rows"]
     assert sorted(r["i"] for r in rows) == [0, 1, 2, 3]
     assert out["heads"] == []
+    # no API-server process (Ray starts one even without the dashboard), and Ray's functions are back
+    assert "dashboard" not in out["kinds"] and {"gcs_server", "raylet"} <= set(out["kinds"]), out["kinds"]
+    assert out["ours"] == ["ray._private.services", "ray._private.node"]
     # the other workers: Ray Data's actors' (and any Ray started besides); none began before an item's
     assert max(r["start"] for r in rows) <= min(out["others"], default=float("inf")), out
     assert len({r["pid"] for r in rows}) <= out["cpus"]

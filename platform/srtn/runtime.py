@@ -28,7 +28,10 @@ import os
 import site
 import sys
 import sysconfig
+import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,68 @@ def started_here() -> bool:
     return bool(_STARTED) and ray.is_initialized() and _STARTED["node"] == ray.get_runtime_context().get_node_id()
 
 
+_NODE_POLL_S = 0.02  # how often a local start asks the GCS whether its raylet has registered
+
+
+@contextmanager
+def _lean_local_start(*, dashboard: bool) -> Iterator[None]:
+    """Two waits of Ray's local start that do nothing for srtn, cut for the `ray.init` inside this block.
+
+    - The driver asks the GCS for its new raylet, and Ray's C++ accessor sleeps a full second between tries;
+      the raylet registers only once its Python agents are up (about 1.3 s here), so every start lost on
+      average half a second to that poll. Here the GCS's node table is read every 20 ms first, so Ray's own
+      call finds the node at once (and still gives Ray's error if it never comes).
+    - Without the dashboard, Ray still starts its API-server process (`dashboard.py` with only the
+      usage-stats module, which `ray.init` turns off) and polls until it publishes its URL: about 1 s of
+      waiting and 1 CPU-s on 2 cores, for nothing a local data job reads. It is not started then.
+
+    Both replace Ray internals (`ray._private`) only where they have the shape this Ray (2.60) has; a Ray
+    without them starts as usual. `benchmarks/ray_overhead.py` measures the difference.
+    """
+    from ray._private import node as ray_node
+    from ray._private import services
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def replace(owner: Any, name: str, new: Any) -> None:
+        if callable(getattr(owner, name, None)):
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, new)
+
+    original_get_node = getattr(services, "get_node", None)
+
+    def get_node(gcs_address: str, node_id: str, *args: Any, **kwargs: Any) -> Any:
+        _wait_for_node(gcs_address, node_id)
+        return original_get_node(gcs_address, node_id, *args, **kwargs)
+
+    def no_api_server(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._webui_url = None
+
+    replace(services, "get_node", get_node)
+    if not dashboard:
+        replace(ray_node.Node, "start_api_server", no_api_server)
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
+def _wait_for_node(gcs_address: str, node_id: str, *, timeout_s: float = 10.0) -> None:
+    """Until the GCS lists `node_id` (a hex id) as a registered node, or `timeout_s`; never raises."""
+    try:
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=gcs_address)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(key.hex() == node_id for key in client.get_all_node_info(timeout=5)):
+                return
+            time.sleep(_NODE_POLL_S)
+    except Exception:  # Ray's own call, next, waits and reports
+        logger.debug("fast wait for the raylet's registration not available", exc_info=True)
+
+
 def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
@@ -161,7 +226,8 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     `include_dashboard` wins; a cluster has its own.
 
     The job's runtime env gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and
-    wins on conflicts). Ray's own driver logging is at WARNING unless verbose (`srtn.console`).
+    wins on conflicts). Ray's own driver logging is at WARNING unless verbose (`srtn.console`). A local
+    instance starts without two of Ray's idle waits (`_lean_local_start`).
     """
     import ray
 
@@ -190,7 +256,11 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
             merged["env_vars"] = extra["env_vars"] | given_env["env_vars"]
         kwargs["runtime_env"] = merged
         logger.info("Ray workers get %s", {k: (sorted(v) if k == "env_vars" else v) for k, v in extra.items()})
-    ray.init(**kwargs)
+    if cluster:
+        ray.init(**kwargs)
+    else:
+        with _lean_local_start(dashboard=bool(kwargs["include_dashboard"])):
+            ray.init(**kwargs)
     if not cluster:
         node = ray.get_runtime_context().get_node_id()
         _STARTED.update(node=node, dashboard=bool(kwargs["include_dashboard"]), kwargs=given)
