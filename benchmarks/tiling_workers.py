@@ -241,7 +241,7 @@ def worker_raystart(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------- srtn with nothing to cut
-def _empty_slide(item: dict[str, str], *, cfg: Any, group: str) -> dict[str, Any]:
+def _empty_slide(item: dict[str, str], *, cfg: Any, group: str, progress: Any = None) -> dict[str, Any]:
     """A slide task that cuts nothing: a worker's import of the tiling code and the status record, no more.
     (This file runs as `__main__`, so Ray pickles the function by value: workers need not import it.)"""
     start = time.time()
