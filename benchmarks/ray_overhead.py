@@ -192,9 +192,9 @@ def child_ray(args: argparse.Namespace, ph: Phases) -> None:
     def data() -> None:
         import ray.data
 
-        from srtn.data.per_item import _without_reservation
+        from srtn.data.per_item import _per_item_execution
 
-        with _without_reservation():
+        with _per_item_execution():
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map(_noop, num_cpus=1)
             rows = iter(ds.iter_rows())
             next(rows)
@@ -223,7 +223,7 @@ def child_data(args: argparse.Namespace, ph: Phases) -> None:
             per_item._warm_workers(_worker_info)
         import ray.data
 
-        with per_item._without_reservation():
+        with per_item._per_item_execution():
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map(_worker_info, num_cpus=1)
             return list(ds.iter_rows())
 

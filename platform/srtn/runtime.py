@@ -30,7 +30,7 @@ import sys
 import sysconfig
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -153,8 +153,8 @@ _NODE_POLL_S = 0.02  # how often a local start asks the GCS whether its raylet h
 
 
 @contextmanager
-def _lean_local_start(*, dashboard: bool) -> Iterator[None]:
-    """Two waits of Ray's local start that do nothing for srtn, cut for the `ray.init` inside this block.
+def _lean_local_start(*, dashboard: bool, log_to_driver: bool) -> Iterator[None]:
+    """Parts of Ray's local start that do nothing for srtn, cut for the `ray.init` inside this block.
 
     - The driver asks the GCS for its new raylet, and Ray's C++ accessor sleeps a full second between tries;
       the raylet registers only once its Python agents are up (about 1.3 s here), so every start lost on
@@ -164,7 +164,13 @@ def _lean_local_start(*, dashboard: bool) -> Iterator[None]:
       usage-stats module, which `ray.init` turns off) and polls until it publishes its URL: about 1 s of
       waiting and 1 CPU-s on 2 cores, for nothing a local data job reads. It is not started then.
 
-    Both replace Ray internals (`ray._private`) only where they have the shape this Ray (2.60) has; a Ray
+    - Two Python head processes that serve nobody here are not started: the log monitor when worker output
+      is not streamed to the driver (`log_to_driver=False`, the console's default: it tails worker log files
+      only to publish them to drivers), and, without the dashboard (a data job), the autoscaler monitor (a
+      local instance has a fixed size; it only feeds `ray status`). Each took about 1 CPU-s of a
+      32-slide tiling job on 2 cores; their output files stay as Ray writes them for the processes it runs.
+
+    All replace Ray internals (`ray._private`) only where they have the shape this Ray (2.60) has; a Ray
     without them starts as usual. `benchmarks/ray_overhead.py` measures the difference.
     """
     from ray._private import node as ray_node
@@ -186,9 +192,15 @@ def _lean_local_start(*, dashboard: bool) -> Iterator[None]:
     def no_api_server(self: Any, *args: Any, **kwargs: Any) -> None:
         self._webui_url = None
 
+    def not_started(self: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
     replace(services, "get_node", get_node)
     if not dashboard:
         replace(ray_node.Node, "start_api_server", no_api_server)
+        replace(ray_node.Node, "start_monitor", not_started)
+    if not log_to_driver:
+        replace(ray_node.Node, "start_log_monitor", not_started)
     try:
         yield
     finally:
@@ -211,7 +223,7 @@ def _wait_for_node(gcs_address: str, node_id: str, *, timeout_s: float = 10.0) -
         logger.debug("fast wait for the raylet's registration not available", exc_info=True)
 
 
-def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
+def init_ray(*, dashboard: bool = True, preload: Sequence[str] = (), **kwargs: Any) -> None:
     """Connect to Ray once; a no-op when already connected (tests, Tune trials, job drivers).
 
     No `RAY_ADDRESS` means a local instance on this machine (the embedded default), with its dashboard
@@ -227,7 +239,11 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
 
     The job's runtime env gets `worker_runtime_env()` merged in (a `runtime_env` passed here is kept and
     wins on conflicts). Ray's own driver logging is at WARNING unless verbose (`srtn.console`). A local
-    instance starts without two of Ray's idle waits (`_lean_local_start`).
+    instance starts without two of Ray's idle waits and the head processes nobody here reads
+    (`_lean_local_start`); its workers import the modules in `preload` as they start, before they take
+    work (Ray's `preload_python_modules`: a data job's workers import Ray Data and the item function's
+    module while the driver is still starting, not in the first tasks). `preload` is not kept for a
+    restart with the dashboard, and a cluster or an instance already up ignores it.
     """
     import ray
 
@@ -248,6 +264,10 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     given = dict(kwargs)
     if not cluster:
         kwargs.setdefault("include_dashboard", dashboard)
+        if preload:
+            system = dict(kwargs.get("_system_config") or {})
+            system.setdefault("preload_python_modules", list(preload))
+            kwargs["_system_config"] = system
     extra = worker_runtime_env(cluster=cluster)
     if extra:
         given_env = dict(kwargs.pop("runtime_env", None) or {})
@@ -259,7 +279,8 @@ def init_ray(*, dashboard: bool = True, **kwargs: Any) -> None:
     if cluster:
         ray.init(**kwargs)
     else:
-        with _lean_local_start(dashboard=bool(kwargs["include_dashboard"])):
+        streamed = bool(kwargs.get("log_to_driver", True))
+        with _lean_local_start(dashboard=bool(kwargs["include_dashboard"]), log_to_driver=streamed):
             ray.init(**kwargs)
     if not cluster:
         node = ray.get_runtime_context().get_node_id()
