@@ -282,7 +282,6 @@ def init_ray(*, dashboard: bool = True, preload: Sequence[str] = (), **kwargs: A
         streamed = bool(kwargs.get("log_to_driver", True))
         with _lean_local_start(dashboard=bool(kwargs["include_dashboard"]), log_to_driver=streamed):
             ray.init(**kwargs)
-    if not cluster:
         node = ray.get_runtime_context().get_node_id()
         _STARTED.update(node=node, dashboard=bool(kwargs["include_dashboard"]), kwargs=given)
     quiet_ray_data()
