@@ -186,8 +186,8 @@ def test_a_data_job_on_an_instance_started_elsewhere_leaves_it_alone(tmp_path):
 
 def test_a_command_stops_the_ray_it_started_and_leaves_one_it_found(tmp_path):
     """`srtn tile` on a fresh process: after main() returns Ray is disconnected and every head process its
-    instance had is gone, not left to Ray's exit hook;
-    the same command in a process where Ray was already up leaves it up."""
+    instance had is gone, not left to Ray's exit hook; the same command in a process where Ray was already up
+    leaves it up."""
     out = _run(
         f"""
         import json, os
