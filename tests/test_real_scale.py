@@ -198,6 +198,20 @@ def test_whole_slide_extraction_keeps_every_passing_candidate_and_regions_change
     assert again.get("resumed") and _tiles(many.output) == _tiles(one.output)
 
 
+def test_a_slide_is_cut_in_one_task_where_one_region_task_at_a_time_could_run(scans, tmp_path, monkeypatch):
+    """With one slot (no Ray here, or a 1-CPU cluster) regions would run one after another and only add the
+    merge (parts written, read back, rewritten), so a slide larger than a region is cut in one task, whole."""
+    from srtn.data import region_tasks
+    from srtn.data.tile_job import process_slide
+
+    monkeypatch.setattr(region_tasks, "connected_ray", lambda: None)  # one slot
+    inputs = [str(scans["x40"])]
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20", inputs=inputs)
+    record = process_slide({"uri": inputs[0], "source_id": "s"}, cfg=cfg, group="spatial")
+    assert record["status"] == "done" and "regions" not in record
+    assert record["kept"] == len(_independent_passing(scans["x40"], cfg)) > 20
+
+
 @pytest.mark.parametrize("cap", [30, 70])  # the first wave suffices / a second wave is needed
 def test_a_capped_slide_cut_by_region_waves_keeps_what_one_task_keeps(scans, tmp_path, ray_session, cap):
     """Under a cap the kept tiles are the first `cap` passing candidates of the seeded order: region waves over
@@ -477,7 +491,7 @@ def test_an_s3_slide_cut_by_regions_is_downloaded_once_on_its_node(scans, tmp_pa
     one per region (a 3 GB slide in 14 regions was 42 GB of downloads); the tiles are the local file's, also
     when the regions run as Ray tasks (counted Ray-free, where every region runs in this process)."""
     from srtn import storage
-    from srtn.data import region_tasks
+    from srtn.data import region_tasks, tile_job
     from srtn.data.tile_job import process_slide
 
     for key, value in s3_env["env"].items():
@@ -493,8 +507,9 @@ def test_an_s3_slide_cut_by_regions_is_downloaded_once_on_its_node(scans, tmp_pa
     monkeypatch.setattr(storage, "stage_local", counted)
     records, outputs = [], []
     for name, src in (("local", str(scans["x40"])), ("ray", uri), ("here", uri)):
-        if name == "here":
+        if name == "here":  # regions as on 2 CPUs, but every one in this process, in order
             monkeypatch.setattr(region_tasks, "connected_ray", lambda: None)
+            monkeypatch.setattr(tile_job, "region_slots", lambda cfg: 2)
             downloads.clear()
         cfg = _cfg(tmp_path / name, "max_tiles_per_slide=null", "execution.region_tiles=20", inputs=[src])
         records.append(process_slide({"uri": src, "source_id": "s"}, cfg=cfg, group="spatial"))

@@ -108,7 +108,8 @@ class ExecutionConfig(StrictModel):
         512,
         ge=1,
         description="max_tiles_per_slide null: a slide with more tissue candidates is cut by several region tasks "
-        "of about this many candidates each (one slide uses every CPU); their files are merged per split",
+        "of about this many candidates each (one slide uses every CPU); their files are merged per split. "
+        "With one CPU for region tasks, the slide is cut in one task (regions would only add the merge)",
     )
     row_group_rows: int = Field(
         128, ge=1, description="rows per Parquet row group: a task holds at most this many rows per split"

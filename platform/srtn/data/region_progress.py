@@ -105,11 +105,12 @@ def region_progress(cfg: TileConfig) -> Iterator[Any]:
     """While slides are tiled: the progress actor to hand to the slide tasks (None without Ray, or when this
     config cuts no slide by regions), and the driver's bar drawn from it; the bar's last line and the actor's
     end on exit."""
+    from srtn.data.region_tasks import region_slots
     from srtn.data.regions import regions_possible
     from srtn.runtime import connected_ray
 
     ray = connected_ray()
-    if ray is None or not regions_possible(cfg):
+    if ray is None or not regions_possible(cfg, slots=region_slots(cfg)):
         yield None
         return
     actor = ray.remote(num_cpus=0)(RegionProgress).remote()

@@ -1,4 +1,5 @@
-"""One slide on many CPUs: a slide cut whole, or with a cap above one region, split into region tasks.
+"""One slide on many CPUs: a slide cut whole, or with a cap above one region, split into region tasks (when more
+than one can run at once: `regions_possible`).
 
 A slide's visiting order (`tile_slide.visit_order`: row-major when every passing tile is kept, the seeded
 random order under a cap) is cut into contiguous regions of about `execution.region_tiles` candidates. Each
@@ -60,15 +61,18 @@ def region_bounds(n_candidates: int, region_tiles: int, *, slots: int = 1) -> li
     return list(itertools.pairwise(edges))
 
 
-def regions_possible(cfg: TileConfig) -> bool:
-    """True when this config cuts some slides by regions: slides cut whole, or with a cap larger than one region."""
+def regions_possible(cfg: TileConfig, *, slots: int) -> bool:
+    """True when this config cuts some slides by regions: slides cut whole, or with a cap larger than one region,
+    and more than one region task can run at once (`slots`). With one, regions would run one after another and
+    only add the merge: a part file written, read back and rewritten per region (a fifth more time for one 20k
+    slide on one CPU here), so the slide is cut in one task."""
     cap = cfg.max_tiles_per_slide
-    return cap is None or cap > cfg.execution.region_tiles
+    return slots > 1 and (cap is None or cap > cfg.execution.region_tiles)
 
 
-def needs_regions(plan: SlidePlan, cfg: TileConfig) -> bool:
-    """A slide whose candidates exceed one region, cut whole or with a cap larger than one region."""
-    return len(plan.candidates) > cfg.execution.region_tiles and regions_possible(cfg)
+def needs_regions(plan: SlidePlan, cfg: TileConfig, *, slots: int) -> bool:
+    """A slide whose candidates exceed one region, when its config and `slots` cut by regions (`regions_possible`)."""
+    return len(plan.candidates) > cfg.execution.region_tiles and regions_possible(cfg, slots=slots)
 
 
 def next_regions(

@@ -117,12 +117,11 @@ def _cut_and_publish(reader: Any, plan: Any, source_id: str, cfg: TileConfig, gr
 
 
 def _cut_by_regions(
-    item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str, progress: Any = None
+    item: Mapping[str, Any], local: str, plan: SlidePlan, cfg: TileConfig, group: str, progress: Any, slots: int
 ) -> dict:
-    """A slide larger than a region: its regions in waves (`regions.next_regions`), each merged into its files as
-    it comes in (`regions.RegionMerger`), published once all are in; `progress` (the driver's region bar,
-    `srtn.data.region_progress`) is told as they are merged."""
-    slots = region_slots(cfg)
+    """A slide larger than a region: its regions in waves (`regions.next_regions`) over `slots` region tasks, each
+    merged into its files as it comes in (`regions.RegionMerger`), published once all are in; `progress` (the
+    driver's region bar, `srtn.data.region_progress`) is told as they are merged."""
     staged = local if storage.is_remote(item["uri"]) else None  # this task's copy, for region tasks on its node
     items, results = region_items(item, plan, cfg, slots=slots, staged=staged), []
     tell = teller(progress, item["source_id"])
@@ -154,9 +153,10 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str, prog
             try:
                 with opened(local) as reader:
                     plan = plan_slide(reader, source_id=source_id, cfg=cfg)
-                    if not needs_regions(plan, cfg):
+                    slots = region_slots(cfg)
+                    if not needs_regions(plan, cfg, slots=slots):
                         return _cut_and_publish(reader, plan, source_id, cfg, group)
-                return _cut_by_regions(item, local, plan, cfg, group, progress)
+                return _cut_by_regions(item, local, plan, cfg, group, progress, slots)
             except SlideError as exc:
                 return _add_qc(_failed(cfg.output, source_id, exc.reason), cfg, local, None)
     except _WriteError as exc:  # OSError / ArrowIOError (disk full, store refuses): the run must not exit 0
