@@ -23,8 +23,9 @@ Cases (`--only` picks some; estimates are for the full run on 2 idle CPUs, slide
             at 32)                                                                               ~16 min
   size      4 Aperio-like slides of 8k / 20k / 40k: srtn vs pool2                                 ~4 min
   whole     one 20k and one 40k slide cut whole (`max_tiles_per_slide: null`) on 2 cores vs 1 core  ~4 min
-            (srtn-1cpu: the process tree pinned to one core, Ray told 1 CPU); srtn-1slot, Ray told 1 CPU
-            on 2 cores, is the measure of earlier runs (Ray's processes and the merge thread had a core free)
+            (srtn-1cpu: the process tree pinned to one core, Ray told 1 CPU, so one task cuts the slide);
+            srtn-1slot, Ray told 1 CPU on 2 cores, is the measure of earlier runs (Ray's processes had a
+            core free)
   memory    peak PSS of whole-slide extraction, 20k vs 40k slide (reuses whole's 2-CPU runs)     -
 
 Every round runs a case's methods in a rotating order (`--repeats`), after reading every slide file once
