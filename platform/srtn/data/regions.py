@@ -70,9 +70,10 @@ def regions_possible(cfg: TileConfig, *, slots: int) -> bool:
     return slots > 1 and (cap is None or cap > cfg.execution.region_tiles)
 
 
-def needs_regions(plan: SlidePlan, cfg: TileConfig, *, slots: int) -> bool:
-    """A slide whose candidates exceed one region, when its config and `slots` cut by regions (`regions_possible`)."""
-    return len(plan.candidates) > cfg.execution.region_tiles and regions_possible(cfg, slots=slots)
+def needs_regions(plan: SlidePlan, cfg: TileConfig) -> bool:
+    """A slide whose candidates exceed one region, cut whole or with a cap larger than one region: cut by regions
+    where more than one region task can run at once (`regions_possible`)."""
+    return len(plan.candidates) > cfg.execution.region_tiles and regions_possible(cfg, slots=2)
 
 
 def next_regions(

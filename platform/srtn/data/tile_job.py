@@ -153,8 +153,8 @@ def _tile_and_publish(item: Mapping[str, Any], cfg: TileConfig, group: str, prog
             try:
                 with opened(local) as reader:
                     plan = plan_slide(reader, source_id=source_id, cfg=cfg)
-                    slots = region_slots(cfg)
-                    if not needs_regions(plan, cfg, slots=slots):
+                    slots = region_slots(cfg) if needs_regions(plan, cfg) else 1  # a cluster query: large slides only
+                    if slots < 2:  # one region task at a time would only add the merge (`regions_possible`)
                         return _cut_and_publish(reader, plan, source_id, cfg, group)
                 return _cut_by_regions(item, local, plan, cfg, group, progress, slots)
             except SlideError as exc:
