@@ -1,13 +1,14 @@
 """What the platform must show on a real cluster (issue 8), with real servers, all on this machine:
 
-1. `ray job submit --working-dir <copy of the repo>` runs `jobs/tile.py` then `jobs/train.py` on a Ray
-   cluster started with `ray start` (token auth, dashboard, job API), and the shards and the MLflow run are
-   what they must be.
-2. `s3://` in and out against an S3-compatible server (moto): slides tiled from a bucket into a bucket, and
-   a training that reads those shards and writes its checkpoints back to the bucket.
+1. `ray job submit --working-dir <copy of the repo>` runs `jobs/tile.py` on a Ray cluster started with
+   `ray start` (token auth, dashboard, job API), and the shards and manifest are what they must be.
+2. `s3://` in and out against an S3-compatible server (moto), tracked by a real `mlflow server` (SQLite,
+   `--serve-artifacts`): slides tiled from a bucket into a bucket, then a train job (`jobs/train.py`, 2
+   workers) that reads those shards, writes its checkpoints back to the bucket, and whose metrics, images and
+   registered model are read back through the server. One train job checks all of it: on this 2-CPU cluster
+   each train job costs a worker group start (30-50 s).
 3. A 2-worker DDP training spread over two nodes ends with bit-identical weights on both ranks.
-4. A real `mlflow server` (SQLite, `--serve-artifacts`): metrics and the model go through it, and a job
-   started while it is down fails at once, naming the URI, before any Ray work.
+4. A train job whose tracking server is down fails at once, naming the URI, before any Ray work.
 
 **One cluster for the module** (starting one costs 15-40 s): a head and a second node joined with
 `ray start --address`, 1 CPU each (2 CPUs in all, as on CI), so every job here runs on a real multi-node
@@ -44,13 +45,13 @@ from cluster_utils import (
     ROOT,
     LocalCluster,
     bare_python,
+    free_port,
     repo_copy,
+    s3_bucket,
     start_mlflow_server,
-    start_s3_server,
 )
 
 BUCKET = "srtn-cluster-test"
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 # small tiles and few of them: the point is the plumbing, not the pixels
 TILE_ARGS = [
     "--config",
@@ -162,110 +163,105 @@ def _check_mlflow_run(uri: str, experiment: str, run_name: str, model_name: str)
     return c, run
 
 
-# --------------------------------------------------------------------------- 1. jobs on a cluster
+def _load_registered(uri: str, model_uri: str):
+    """Load a registered model from the tracking server at `uri` (MLflow's global URI is put back after)."""
+    from srtn.track import load_model
+
+    return load_model(model_uri, tracking_uri=uri)
+
+
+# --------------------------------------------------------------------------- 1. a tile job on a cluster
 
 
 @pytest.mark.slow
-def test_tile_and_train_jobs_run_on_a_cluster_from_the_working_dir_alone(cluster, repo, slides, work):
-    """`ray job submit` of jobs/tile.py then jobs/train.py (2 workers, 1 epoch, MLflow in a SQLite file):
-    both SUCCEEDED; shards and manifest agree; the run has its metrics, its data's hash and a registered model."""
+def test_tile_job_runs_on_a_cluster_from_the_working_dir_alone(cluster, repo, slides, work):
+    """`ray job submit --working-dir` of jobs/tile.py: SUCCEEDED, and shards and manifest agree."""
     shards = work / "shards"
     tile = cluster.submit(["python", "jobs/tile.py", *TILE_ARGS, *_sets(input=slides, output=shards)], working_dir=repo)
     _ok(tile, "tile job")
-    assert cluster.job_info(tile.submission_id)["status"] == "SUCCEEDED"
+    info = cluster.job_info(tile.submission_id)
+    assert info["status"] == "SUCCEEDED"
+    assert "working_dir" in info["runtime_env"]
     manifest = _check_shards(str(shards))
     assert manifest["config"]["output"] == str(shards)
 
-    uri = f"sqlite:///{work / 'mlflow-jobs' / 'mlflow.db'}"
-    train = cluster.submit(
-        [
-            "python",
-            "jobs/train.py",
-            *TRAIN_ARGS,
-            *_sets(
-                data__shards=shards,
-                data__dataset="cluster",
-                tracking__uri=uri,
-                run__name="cluster-tiny",
-                run__storage_path=work / "ray_results",
-                run__registered_model_name="srtn-cluster-x4",
-            ),
-        ],
-        working_dir=repo,
-    )
-    _ok(train, "train job")
-    info = cluster.job_info(train.submission_id)
-    assert info["status"] == "SUCCEEDED"
-    assert "working_dir" in info["runtime_env"]
-    _, run = _check_mlflow_run(uri, "srtn-cluster", "cluster-tiny", "srtn-cluster-x4")
-    from srtn.data.manifest import manifest_hash
 
-    assert run.data.tags["srtn.shards_manifest_hash"] == manifest_hash(str(shards))
-    assert "mlflow run id: " + run.info.run_id in train.output
-
-
-# --------------------------------------------------------------------------- 2. s3:// in and out
+# --------------------------------------------------------------------------- 2. s3:// in and out, an MLflow server
 
 
 @pytest.mark.slow
-def test_s3_slides_to_shards_to_training_against_a_local_s3_server(cluster, repo, slides, work, monkeypatch):
-    """Tiling from a driver that connects with RAY_ADDRESS and has the S3 settings only in its own environment
-    (the nodes have none): `init_ray` must pass them to the workers. Training as a job whose runtime env
-    carries them (`--runtime-env-json`): `init_ray` must not clash with them. Shards and checkpoints in S3."""
-    import boto3
+def test_s3_slides_to_shards_to_a_model_tracked_through_an_mlflow_server(cluster, repo, slides, work, monkeypatch):
+    """Slides in a bucket are tiled into the bucket by a driver that connects with RAY_ADDRESS and has the S3
+    settings only in its own environment (the nodes have none): `init_ray` must pass them to the workers. Then a
+    train job (working dir, 2 workers) whose runtime env carries the S3 settings and only
+    `MLFLOW_TRACKING_URI=http://127.0.0.1:PORT` (`init_ray` must not clash with them) reads those shards, writes
+    its checkpoints to the bucket, and its metrics, sample images and registered model are read back through the
+    server. One train job checks all three: each costs a worker group on a 2-CPU cluster."""
+    from srtn.data.manifest import manifest_hash
 
-    server, endpoint = start_s3_server(work / "s3")
+    t0 = time.monotonic()
+    server, uri = start_mlflow_server(work / "mlflow-server")
+    print(f"mlflow server up: {time.monotonic() - t0:.1f} s")
     try:
-        s3_env = {"AWS_ENDPOINT_URL": endpoint, **S3_KEYS}
-        for key, value in s3_env.items():
-            monkeypatch.setenv(key, value)  # for the checks below (srtn.storage in this process)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket=BUCKET)
-        for slide in sorted(slides.iterdir()):
-            s3.upload_file(str(slide), BUCKET, f"slides/{slide.name}")
+        with s3_bucket(work / "s3", BUCKET) as s3:
+            for key, value in s3["env"].items():
+                monkeypatch.setenv(key, value)  # for the checks below (srtn.storage in this process)
+            for slide in sorted(slides.iterdir()):
+                s3["client"].upload_file(str(slide), BUCKET, f"slides/{slide.name}")
 
-        shards = f"s3://{BUCKET}/shards"
-        driver = cluster.run_driver(
-            ["jobs/tile.py", *TILE_ARGS, *_sets(input=f"s3://{BUCKET}/slides", output=shards)],
-            cwd=repo,
-            env=s3_env,
-        )
-        _ok(driver, "s3 tile driver")
-        manifest = _check_shards(shards)
-        assert all(r["uri"].startswith(f"s3://{BUCKET}/slides/") for r in manifest["sources"])
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="shards/")["Contents"]}
-        assert "shards/_manifest.json" in keys and "shards/manifest.json" not in keys
-        assert sum(k.endswith(".parquet") for k in keys) >= 3
+            shards = f"s3://{BUCKET}/shards"
+            driver = cluster.run_driver(
+                ["jobs/tile.py", *TILE_ARGS, *_sets(input=f"s3://{BUCKET}/slides", output=shards)],
+                cwd=repo,
+                env=s3["env"],
+            )
+            _ok(driver, "s3 tile driver")
+            manifest = _check_shards(shards)
+            assert all(r["uri"].startswith(f"s3://{BUCKET}/slides/") for r in manifest["sources"])
+            keys = {o["Key"] for o in s3["client"].list_objects_v2(Bucket=BUCKET, Prefix="shards/")["Contents"]}
+            assert "shards/_manifest.json" in keys and "shards/manifest.json" not in keys
+            assert sum(k.endswith(".parquet") for k in keys) >= 3
 
-        uri = f"sqlite:///{work / 'mlflow-s3' / 'mlflow.db'}"
-        train = cluster.submit(
-            [
-                "python",
-                "jobs/train.py",
-                *TRAIN_ARGS,
-                *_sets(
-                    data__shards=shards,
-                    data__dataset="s3",
-                    tracking__uri=uri,
-                    run__name="s3-tiny",
-                    run__storage_path=f"s3://{BUCKET}/ray_results",
-                    run__registered_model_name="srtn-s3-x4",
-                ),
-            ],
-            working_dir=repo,
-            runtime_env={"env_vars": s3_env},
-        )
-        _ok(train, "s3 train job")
-        _check_mlflow_run(uri, "srtn-s3", "s3-tiny", "srtn-s3-x4")
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="ray_results/s3-tiny/")["Contents"]}
-        assert any(k.endswith("/model.pt") for k in keys), sorted(keys)[:20]
-        assert "ray_results/s3-tiny/srtn_run.json" in keys
+            train = cluster.submit(
+                [
+                    "python",
+                    "jobs/train.py",
+                    *TRAIN_ARGS,
+                    *_sets(
+                        data__shards=shards,
+                        data__dataset="s3",
+                        run__name="s3-tiny",
+                        run__storage_path=f"s3://{BUCKET}/ray_results",
+                        run__registered_model_name="srtn-s3-x4",
+                    ),
+                ],
+                working_dir=repo,
+                runtime_env={"env_vars": {**s3["env"], "MLFLOW_TRACKING_URI": uri}},  # tracking.uri is null
+            )
+            _ok(train, "s3 train job with an MLflow server")
+            info = cluster.job_info(train.submission_id)
+            assert info["status"] == "SUCCEEDED"
+            assert "working_dir" in info["runtime_env"]
+            prefix = "ray_results/s3-tiny/"
+            keys = {o["Key"] for o in s3["client"].list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+            assert any(k.endswith("/model.pt") for k in keys), sorted(keys)[:20]
+            assert f"{prefix}srtn_run.json" in keys
+            c, run = _check_mlflow_run(uri, "srtn-s3", "s3-tiny", "srtn-s3-x4")
+            assert run.data.tags["srtn.shards_manifest_hash"] == manifest_hash(shards)
+
+        assert "mlflow run id: " + run.info.run_id in train.output
+        assert f"runs: {uri}/#/experiments/{run.info.experiment_id}/runs" in train.output
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
+        assert [a.path for a in c.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png"]
+        local = Path(c.download_artifacts(run.info.run_id, "samples", str(work / "downloaded")))
+        assert [p.name for p in local.iterdir()] == ["epoch_001.png"]
+        # the registered model loads through the server (MLflow 3 keeps it as a logged model, not a run artifact)
+        model = _load_registered(uri, "models:/srtn-s3-x4/1")
+        x = torch.rand(1, 3, 10, 14)
+        assert model(x).shape == (1, 3, 40, 56)
+        store = work / "mlflow-server" / "artifacts"  # what the server wrote to its artifact destination
+        assert len(list(store.rglob("epoch_001.png"))) == 1
+        assert len(list(store.rglob("MLmodel"))) == 1
     finally:
         server.stop()
 
@@ -372,64 +368,19 @@ def test_ddp_workers_spread_over_two_nodes_end_with_identical_weights(cluster, w
     assert len({f.split("/runtime_resources/")[0] for f in files}) == 2  # unpacked on both nodes
 
 
-# --------------------------------------------------------------------------- 4. a real MLflow server
-
-
-def _load_registered(uri: str, model_uri: str):
-    """Load a registered model from the tracking server at `uri` (MLflow's global URI is put back after)."""
-    from srtn.track import load_model
-
-    return load_model(model_uri, tracking_uri=uri)
+# --------------------------------------------------------------------------- 4. an MLflow server that is down
 
 
 @pytest.mark.slow
-def test_training_tracks_through_an_mlflow_server_and_fails_fast_when_it_is_down(cluster, repo, work):
-    """A train job with only `MLFLOW_TRACKING_URI=http://127.0.0.1:PORT` (job env): metrics, sample images and
-    the registered model are read back through the server. With the server stopped, the same job fails at
-    once with a message naming the URI, without its driver ever connecting to Ray."""
+def test_a_train_job_fails_at_once_naming_an_mlflow_server_that_is_down(cluster, repo, work):
+    """A train job whose only tracking setting is `MLFLOW_TRACKING_URI` (job env) naming a port nobody listens on
+    fails at once with a message naming the URI, without its driver ever connecting to Ray."""
     from srtn.synth.shards import write_synthetic_shards
 
     shards = write_synthetic_shards(
         str(work / "synthetic"), per_split={"train": 16, "val": 4, "test": 4}, hr_size=32, scales=(4,)
     )
-    t0 = time.monotonic()
-    server, uri = start_mlflow_server(work / "mlflow-server")
-    print(f"mlflow server up: {time.monotonic() - t0:.1f} s")
-    try:
-        train = cluster.submit(
-            [
-                "python",
-                "jobs/train.py",
-                *TRAIN_ARGS,
-                *_sets(
-                    data__shards=shards,
-                    data__dataset="server",
-                    run__name="server-tiny",
-                    run__storage_path=work / "ray_results",
-                    run__registered_model_name="srtn-server-x4",
-                ),
-            ],
-            working_dir=repo,
-            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}},  # tracking.uri is null in tiny.yaml
-        )
-        _ok(train, "train job with an MLflow server")
-        c, run = _check_mlflow_run(uri, "srtn-server", "server-tiny", "srtn-server-x4")
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
-        assert [a.path for a in c.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png"]
-        local = Path(c.download_artifacts(run.info.run_id, "samples", str(work / "downloaded")))
-        assert [p.name for p in local.iterdir()] == ["epoch_001.png"]
-        # the registered model loads through the server (MLflow 3 keeps it as a logged model, not a run artifact)
-        model = _load_registered(uri, "models:/srtn-server-x4/1")
-        x = torch.rand(1, 3, 10, 14)
-        assert model(x).shape == (1, 3, 40, 56)
-        store = work / "mlflow-server" / "artifacts"  # what the server wrote to its artifact destination
-        assert len(list(store.rglob("epoch_001.png"))) == 1
-        assert len(list(store.rglob("MLmodel"))) == 1
-        assert f"runs: {uri}/#/experiments/{run.info.experiment_id}/runs" in train.output
-    finally:
-        server.stop()
-
-    # the same job with the server gone: the driver exits before Ray (no driver ever connected), naming the URI
+    uri = f"http://127.0.0.1:{free_port()}"
     gone = cluster.submit(
         [
             "python",
