@@ -1,5 +1,5 @@
-"""Training with Ray Train V2 + MLflow: a real 2-worker DDP run (gloo, CPU) on tiny synthetic shards, a worker
-killed mid-run, a rerun of the same run name, config and tracking-server errors, and the tracking helpers."""
+"""Training with Ray Train V2 + MLflow: a real 2-worker DDP run (gloo, CPU) on tiny synthetic shards with a worker
+killed mid-run, reruns of the same run name, config and tracking-server errors, and the tracking helpers."""
 
 from __future__ import annotations
 
@@ -72,21 +72,30 @@ def forbid_ray_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray_session, shards, mlflow_uri, tmp_path):
-
+def test_two_worker_run_survives_a_killed_worker_logs_everything_once_and_a_rerun_continues_it(
+    ray_session, shards, mlflow_uri, tmp_path, monkeypatch
+):
+    """One 2-worker DDP run checks a clean run's record and fault tolerance at once (each run costs a worker
+    group start): rank 0 exits at the start of epoch 2 (first attempt only) and Ray Train restarts the worker
+    group; the run still has each epoch's metrics once, its params, tags, sample images and a registered model
+    equal to the best checkpoint. The same command with more epochs continues the same MLflow run; once more,
+    it starts no workers."""
     from srtn.models import build_model
     from srtn.train.fit import fit, load_checkpoint_model
 
-    cfg = tiny(shards, tmp_path, "run.name=two-workers", uri=mlflow_uri)
+    cfg = tiny(
+        shards, tmp_path, "run.name=two-workers", "testing.fail_at_epoch=2", "run.max_failures=1", uri=mlflow_uri
+    )
     out = fit(cfg)
 
+    assert (Path(out.run_path) / ".fault-injected-epoch-2").exists()  # the fault did happen
     assert [h["epoch"] for h in out.history] == [1, 2]
     c = track.client(out.tracking_uri)
     run = c.get_run(out.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "two-workers"
     for key in PER_EPOCH:
-        assert steps(c, out.mlflow_run_id, key) == [1, 2], key
+        assert steps(c, out.mlflow_run_id, key) == [1, 2], key  # each epoch once; never back to epoch 1
     assert run.data.params["optim.lr"] == "0.001"
     assert run.data.params["model.name"] == "srtn"
     assert run.data.params["scaling.num_workers"] == "2"
@@ -114,34 +123,10 @@ def test_two_worker_run_logs_metrics_params_tags_images_and_a_loadable_model(ray
     assert out.best_metrics["val_psnr"] == max(h["val_psnr"] for h in out.history)
     assert out.runs_url == f"http://127.0.0.1:5000/#/experiments/{out.experiment_id}/runs"
 
-
-@pytest.mark.slow
-def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(
-    ray_session, shards, mlflow_uri, tmp_path, monkeypatch
-):
-    from srtn.train.fit import fit
-
-    # rank 0 exits at the start of epoch 2 (first attempt only); Ray Train restarts the worker group
-    cfg = tiny(
-        shards,
-        tmp_path,
-        "run.name=crashy",
-        "testing.fail_at_epoch=2",
-        "run.max_failures=1",
-        "run.log_images_every=0",
-        "run.registered_model_name=null",
-        uri=mlflow_uri,
-    )
-    out = fit(cfg)
-    assert (Path(out.run_path) / ".fault-injected-epoch-2").exists()  # the fault did happen
-    assert [h["epoch"] for h in out.history] == [1, 2]
-    c = track.client(out.tracking_uri)
-    for key in ("val_psnr", "train_loss"):
-        assert steps(c, out.mlflow_run_id, key) == [1, 2], key  # each epoch once; never back to epoch 1
-
     # the same command with the same run name and more epochs: Ray Train restores the run's checkpoint
     # manager from storage, get_checkpoint() gives epoch 2, and only epoch 3 is trained
-    again = fit(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})}))
+    more = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})})
+    again = fit(more)
     assert again.mlflow_run_id == out.mlflow_run_id
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert steps(c, out.mlflow_run_id, "val_psnr") == [1, 2, 3]
@@ -152,7 +137,7 @@ def test_worker_killed_mid_run_resumes_and_a_rerun_continues_the_same_run(
 
     # a rerun of a finished run starts no workers and logs nothing new
     forbid_ray_work(monkeypatch)
-    done = fit(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 3})}))
+    done = fit(more)
     assert done.latest_checkpoint == again.latest_checkpoint
     assert steps(c, out.mlflow_run_id, "val_psnr") == [1, 2, 3]
 
