@@ -180,6 +180,7 @@ def run_one(
         "load": (load0, os.getloadavg()[0]),
     }
     r |= {"peak_pss_mib": m.stats.peak_pss_mib, "peak_rss_mib": m.stats.peak_rss_mib, "procs": m.stats.peak_procs}
+    r["memory_samples"] = m.stats.memory_samples
     if m.returncode != 0:
         tail = "\n".join((m.stderr or m.stdout).strip().splitlines()[-20:])
         print(f"    FAILED (exit {m.returncode}):\n{tail}", file=sys.stderr, flush=True)
