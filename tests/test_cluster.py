@@ -163,13 +163,6 @@ def _check_mlflow_run(uri: str, experiment: str, run_name: str, model_name: str)
     return c, run
 
 
-def _load_registered(uri: str, model_uri: str):
-    """Load a registered model from the tracking server at `uri` (MLflow's global URI is put back after)."""
-    from srtn.track import load_model
-
-    return load_model(model_uri, tracking_uri=uri)
-
-
 # --------------------------------------------------------------------------- 1. a tile job on a cluster
 
 
@@ -198,6 +191,7 @@ def test_s3_slides_to_shards_to_a_model_tracked_through_an_mlflow_server(cluster
     its checkpoints to the bucket, and its metrics, sample images and registered model are read back through the
     server. One train job checks all three: each costs a worker group on a 2-CPU cluster."""
     from srtn.data.manifest import manifest_hash
+    from srtn.track import load_model
 
     t0 = time.monotonic()
     server, uri = start_mlflow_server(work / "mlflow-server")
@@ -256,7 +250,7 @@ def test_s3_slides_to_shards_to_a_model_tracked_through_an_mlflow_server(cluster
         local = Path(c.download_artifacts(run.info.run_id, "samples", str(work / "downloaded")))
         assert [p.name for p in local.iterdir()] == ["epoch_001.png"]
         # the registered model loads through the server (MLflow 3 keeps it as a logged model, not a run artifact)
-        model = _load_registered(uri, "models:/srtn-s3-x4/1")
+        model = load_model("models:/srtn-s3-x4/1", tracking_uri=uri)  # MLflow's global URI is put back after
         x = torch.rand(1, 3, 10, 14)
         assert model(x).shape == (1, 3, 40, 56)
         store = work / "mlflow-server" / "artifacts"  # what the server wrote to its artifact destination
