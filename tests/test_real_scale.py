@@ -23,7 +23,7 @@ from srtn.data.manifest import read_manifest
 from srtn.data.mpp import load_slide_mpp, lookup_mpp, tile_geometry
 from srtn.data.quality import rejection_reason
 from srtn.data.reader import read_split_table
-from srtn.data.region_progress import RegionProgress, teller
+from srtn.data.region_progress import ProgressRef, RegionProgress, read_progress, region_progress, teller
 from srtn.data.region_tasks import run_region_tasks
 from srtn.data.regions import RegionMerger, next_regions, process_region, region_bounds, region_items
 from srtn.data.schema import decode_png
@@ -403,6 +403,32 @@ def test_region_merger_merges_in_region_order_whatever_order_results_arrive(scan
         assert [p.name for p in Path(cfg.output).rglob("*") if ".tmp-" in p.name] == []
     assert records[0] == records[1] and files[0] == files[1]
     assert sum(len(v) for v in files[0].values()) == records[0]["kept"] == (cap or records[0]["kept"])
+
+
+def test_slide_tasks_report_region_progress_through_rays_kv_store_without_a_process(tmp_path, ray_session):
+    """The region bar's state travels through Ray's internal KV store (an actor was a worker process: 1.2 CPU-s
+    of a 2-CPU whole-slide run): each call sends the slide's whole state, `finished` settles its region count,
+    slides of other runs are not mixed in, and the run's keys are gone when it ends."""
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null")
+    with region_progress(cfg) as ref, region_progress(cfg) as other:
+        assert isinstance(ref, ProgressRef) and ref != other
+        tell = teller(ref, "a")
+        tell("started", 5)
+        tell("merged", 2, 25)
+        teller(ref, "b")("started", 4)
+        teller(other, "c")("started", 9)
+        assert read_progress(ref, RegionProgress(), set()).snapshot() == {
+            "slides": 2,
+            "merged": 2,
+            "regions": 9,
+            "kept": 25,
+        }
+        tell("finished")  # a capped slide's later wave not needed: its regions are those merged
+        final: set[str] = set()
+        assert read_progress(ref, RegionProgress(), final).snapshot()["regions"] == 2 + 4 and final == {"a"}
+    assert read_progress(ref, RegionProgress(), set()).snapshot()["slides"] == 0
+    assert read_progress(other, RegionProgress(), set()).snapshot()["slides"] == 0
+    assert teller(None, "s")("started", 3) is None  # no progress: a no-op
 
 
 def test_a_part_that_cannot_be_merged_fails_the_write_and_leaves_nothing(scans, tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def _cut_by_regions(
         merger.discard()
         raise
     finally:
-        tell("finished", wait=True)  # counted before the slide's record reaches the driver
+        tell("finished")  # stored before the slide's record reaches the driver
     try:
         record, result = merger.finish()
     except SlideError:
@@ -190,7 +190,7 @@ def tile_dataset(cfg: TileConfig, todo: list[dict[str, str]], group: str) -> lis
     records."""
     from srtn.data.per_item import map_items, start_ray_for
 
-    start_ray_for(process_slide)  # before the progress actor, which must not take a warmed worker
+    start_ray_for(process_slide)  # the region bar needs Ray connected
     with region_progress(cfg) as progress:
         return map_items(
             process_slide,
