@@ -352,7 +352,7 @@ def test_no_region_is_cut_after_a_failed_one(scans, tmp_path, monkeypatch):
         plan = plan_slide(reader, source_id="s", cfg=cfg)
     items = region_items({"uri": str(broken), "source_id": "s"}, plan, cfg)
     merger = RegionMerger(str(broken), "s", cfg=cfg, plan=plan)
-    results = run_region_tasks(items, cfg=cfg, group="spatial", merger=merger)
+    results = run_region_tasks(items, cfg=cfg, group="spatial", plan=plan, merger=merger)
     assert [bool(r["error"]) for r in results] == [False] * (len(results) - 1) + [True]
     assert len(results) < len(items)
     with pytest.raises(SlideError, match="regions failed"):
@@ -365,7 +365,7 @@ def _region_results(slide: Path, cfg: TileConfig) -> tuple[list[dict], object]:
     with opened(str(slide)) as reader:
         plan = plan_slide(reader, source_id="s", cfg=cfg)
     items = region_items({"uri": str(slide), "source_id": "s"}, plan, cfg)
-    return [process_region(it, cfg=cfg, group="spatial") for it in items], plan
+    return [process_region(it, cfg=cfg, group="spatial", plan=plan) for it in items], plan
 
 
 def _published(output: Path) -> dict[str, list]:
@@ -374,6 +374,27 @@ def _published(output: Path) -> dict[str, list]:
         for split in ("train", "val", "test")
         if list(Path(output).glob(f"split={split}/*.parquet"))
     }
+
+
+def test_a_region_task_cuts_with_the_slide_tasks_plan_and_does_not_plan_again(scans, tmp_path, monkeypatch):
+    """Planning (the tissue mask, the candidate grid) grows with the slide's area and so does the number of
+    regions: a region task given the slide task's plan never makes it again (14 regions of a 40k slide re-planned
+    it for 4 CPU-s), and cuts the same tiles."""
+    from srtn.data import tile_slide as tile_slide_module
+
+    cfg = _cfg(tmp_path / "out", "max_tiles_per_slide=null", "execution.region_tiles=20", inputs=[str(scans["x40"])])
+    with opened(str(scans["x40"])) as reader:
+        plan = plan_slide(reader, source_id="s", cfg=cfg)
+    items = region_items({"uri": str(scans["x40"]), "source_id": "s"}, plan, cfg)
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("a region task planned the slide again")
+
+    monkeypatch.setattr(tile_slide_module, "plan_slide", no_plan)
+    results = [process_region(it, cfg=cfg, group="spatial", plan=plan) for it in items]
+    assert [r["error"] for r in results] == [""] * len(items) and len(items) >= 3
+    visited = [tuple(v[:2]) for r in results for v in json.loads(r["visits"])]
+    assert visited == [tuple(c) for c in plan.candidates]  # every candidate once, in the slide's order
 
 
 @pytest.mark.parametrize("cap", [None, 70])
@@ -472,7 +493,7 @@ def test_region_tasks_on_ray_merge_the_same_slide_as_one_process(scans, tmp_path
                 merger.add(r)
         else:  # two Ray tasks beside this one
             items = region_items({"uri": str(scans["x40"]), "source_id": "s"}, plan, cfg)
-            results = run_region_tasks(items, cfg=cfg, group="spatial", merger=merger, slots=3)
+            results = run_region_tasks(items, cfg=cfg, group="spatial", plan=plan, merger=merger, slots=3)
         record, _ = merger.finish()
         keys = ("kept", "seen", "decoded", "rejected", "split_counts", "regions")
         outcomes.append(([(r["region"], r["counts"]) for r in results], {k: record[k] for k in keys}))
@@ -506,7 +527,7 @@ def test_an_interrupted_wave_ends_its_threads_and_the_merger_leaves_nothing(scan
     items = region_items({"uri": str(scans["x40"]), "source_id": "s"}, plan, cfg)
     merger = RegionMerger(str(scans["x40"]), "s", cfg=cfg, plan=plan)
     with pytest.raises(KeyboardInterrupt):
-        run_region_tasks(items, cfg=cfg, group="spatial", merger=merger, slots=2)
+        run_region_tasks(items, cfg=cfg, group="spatial", plan=plan, merger=merger, slots=2)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("srtn-region")]
     merger.discard()
     assert [p.name for p in Path(cfg.output).rglob("*") if p.is_file()] == []

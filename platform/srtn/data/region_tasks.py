@@ -22,6 +22,7 @@ from typing import Any
 
 from srtn.config.tile import TileConfig
 from srtn.data.regions import RegionMerger, process_region
+from srtn.data.tile_slide import SlidePlan
 from srtn.runtime import connected_ray
 
 __all__ = ["region_slots", "run_region_tasks"]
@@ -57,14 +58,14 @@ class _Wave:
         self.failure.append(exc)
         self.stop.set()
 
-    def dispatch(self, ray: Any, remote: Any, in_flight: int, cfg: TileConfig, group: str) -> None:
+    def dispatch(self, ray: Any, remote: Any, in_flight: int, cfg: TileConfig, group: str, plan: SlidePlan) -> None:
         """Keep `in_flight` Ray tasks running, each on the next region; a task whose worker died is a failed
         region (`process_region` itself never raises)."""
         try:
-            cfg_ref, running = ray.put(cfg), {}
+            cfg_ref, plan_ref, running = ray.put(cfg), ray.put(plan), {}
             while True:
                 while len(running) < in_flight and (it := self.take()) is not None:
-                    running[remote.remote(it, cfg=cfg_ref, group=group)] = it
+                    running[remote.remote(it, cfg=cfg_ref, group=group, plan=plan_ref)] = it
                 if not running:
                     return
                 (ref,), _ = ray.wait(list(running), num_returns=1)
@@ -92,6 +93,7 @@ def run_region_tasks(
     *,
     cfg: TileConfig,
     group: str,
+    plan: SlidePlan,
     merger: RegionMerger | None = None,
     slots: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -103,7 +105,7 @@ def run_region_tasks(
     if ray is None:
         results = []
         for it in items:
-            results.append(process_region(it, cfg=cfg, group=group))
+            results.append(process_region(it, cfg=cfg, group=group, plan=plan))
             merge(results[-1])
             if results[-1].get("error"):  # the slide fails with it: the regions after it are not cut
                 break
@@ -116,7 +118,7 @@ def run_region_tasks(
     merging = threading.Thread(target=wave.merge_all, name="srtn-region-merge", daemon=True)
     dispatching = threading.Thread(
         target=wave.dispatch,
-        args=(ray, _REMOTE_REGION[cpus], in_flight, cfg, group),
+        args=(ray, _REMOTE_REGION[cpus], in_flight, cfg, group, plan),
         name="srtn-region-dispatch",
         daemon=True,
     )
@@ -126,7 +128,7 @@ def run_region_tasks(
     cut = False
     try:
         while (it := wave.take()) is not None:
-            wave.done.put(process_region(it, cfg=cfg, group=group))
+            wave.done.put(process_region(it, cfg=cfg, group=group, plan=plan))
         cut = True
     finally:
         if not cut:  # interrupted: no new regions; those running finish, then the threads end

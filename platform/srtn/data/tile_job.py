@@ -130,7 +130,7 @@ def _cut_by_regions(
     try:
         wave = next_regions(items, [], cfg.max_tiles_per_slide)
         while wave:
-            results += run_region_tasks(wave, cfg=cfg, group=group, merger=merger, slots=slots)
+            results += run_region_tasks(wave, cfg=cfg, group=group, plan=plan, merger=merger, slots=slots)
             wave = next_regions(items, results, cfg.max_tiles_per_slide)
     except BaseException:
         merger.discard()
