@@ -129,6 +129,28 @@ def cap(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def read_tiles_expression() -> Any:
+    """ratiopath's `read_slide_tiles` expression, except that an empty block gives an empty column: ratiopath
+    1.5 raises `ArrowConversionError` (shape (0,)) on one, and Ray Data can hand it one after the tissue
+    filter even through a repartition (seen once in the 32 Aperio-like slides of 2026-12-04, not on 12-02)."""
+    import numpy as np
+    import pyarrow as pa
+    from ratiopath.tiling import read_slide_tiles
+    from ray.data.datatype import DataType
+    from ray.data.expressions import col, udf
+
+    names = ("path", "tile_x", "tile_y", "tile_extent_x", "tile_extent_y", "level")
+    inner = read_slide_tiles(*(col(c) for c in names)).fn
+
+    @udf(return_dtype=DataType(np.ndarray))
+    def read_tiles(path: Any, tile_x: Any, tile_y: Any, extent_x: Any, extent_y: Any, level: Any) -> Any:
+        if len(tile_x) == 0:
+            return pa.nulls(0)
+        return inner(path, tile_x, tile_y, extent_x, extent_y, level)
+
+    return read_tiles(*(col(c) for c in names))
+
+
 def start_ray(cpus: int) -> tuple[float, bool]:
     """Ray as srtn starts it (local, the console options of `srtn.console.ray_init_options`); (seconds, dashboard)."""
     import ray
@@ -149,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     import ray.data
     from ratiopath.ray import read_slides
-    from ratiopath.tiling import read_slide_tiles, tile_overlay_overlap
+    from ratiopath.tiling import tile_overlay_overlap
     from ratiopath.tiling.utils import row_hash
     from ray.data.expressions import col
     from shapely.geometry import box
@@ -175,11 +197,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tiles = tiles.with_column("tissue_overlap", overlap, num_cpus=1)
     tiles = tiles.map(tissue_fraction).filter(expr=col("tissue_fraction") >= MIN_TISSUE)  # Ray's fast filter
     # read_slide_tiles (1.5) fails on an empty block (ArrowConversionError, shape (0,)), which the filter makes of
-    # an all-background block: re-block the candidates (as the docs do after grid_tiles), no block is empty then
+    # an all-background block: re-block the candidates (as the docs do after grid_tiles), and read through
+    # read_tiles_expression, which leaves an empty block empty (a re-block alone once let one through)
     tiles = tiles.repartition(target_num_rows_per_block=128)
-    read = read_slide_tiles(
-        col("path"), col("tile_x"), col("tile_y"), col("tile_extent_x"), col("tile_extent_y"), col("level")
-    )
+    read = read_tiles_expression()
     tiles = tiles.with_column("tile", read, num_cpus=1).map_batches(quality, batch_format="numpy", num_cpus=1)
     decoded = tiles.take_all()  # coordinates and a flag per decoded tile: small, and no shuffle
     passing = [r for r in decoded if r["passes"]]
