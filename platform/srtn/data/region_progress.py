@@ -64,8 +64,14 @@ def _kv() -> Any:
         from ray.experimental import internal_kv as kv
     except ImportError:
         return None
-    names = ("_internal_kv_initialized", "_internal_kv_put", "_internal_kv_get", "_internal_kv_list")
-    if not all(callable(getattr(kv, n, None)) for n in (*names, "_internal_kv_del")):
+    names = (
+        "_internal_kv_initialized",
+        "_internal_kv_put",
+        "_internal_kv_get",
+        "_internal_kv_list",
+        "_internal_kv_del",
+    )
+    if not all(callable(getattr(kv, n, None)) for n in names):
         return None
     return kv if kv._internal_kv_initialized() else None
 

@@ -156,16 +156,15 @@ def tile_slide(
     cfg: TileConfig,
     group: str = "patient",
     sink: Callable[[dict[str, Any]], None] | None = None,
-    region: tuple[int, int] | None = None,
 ) -> SlideResult:
     """Cut, filter and pair tiles of one slide. Raises `SlideError` if the slide is unusable.
 
     Kept rows are collected in the result, or passed one by one to `sink` (then the result's rows stay empty).
-    `region` (start, stop): only those candidates of the visiting order (`visit_order`), for region tasks.
-    `SlideResult.visits` lists every visited candidate in order, for merging regions."""
+    `SlideResult.visits` lists every visited candidate in order. (Region tasks call `cut_slide` with the slide
+    task's plan.)"""
     with opened(local_path) as reader:
         plan = plan_slide(reader, source_id=source_id, cfg=cfg)
-        return cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink, region=region)
+        return cut_slide(reader, plan, source_id=source_id, cfg=cfg, group=group, sink=sink)
 
 
 def lr_levels(info: SlideInfo, cfg: TileConfig, path: str, base: float | None = None) -> dict[int, int]:
